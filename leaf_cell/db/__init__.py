@@ -1,0 +1,1 @@
+"""The leaf cell's database: one rack's nodes, ports and traits."""

@@ -1,0 +1,313 @@
+"""Node inventory flows: create, get, list, update and delete one rack's nodes.
+
+Synchronous functions over one SQLAlchemy session each; the gRPC servicer runs them in a bounded
+thread pool. Every check happens before the first write, and each flow is one transaction, so a
+rejected call changes nothing.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from sqlalchemy import Engine, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, selectinload, sessionmaker
+from sqlalchemy.orm.exc import StaleDataError
+
+from common.errors import (
+    AlreadyExists,
+    EtagMismatch,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NodeLocked,
+    NotFound,
+)
+from common.listing import page_size, parse_filter, parse_order_by
+from common.names import label_problem, parse_cell, parse_node_name
+from leaf_cell import queries
+from leaf_cell.convert import etag_of, row_to_node
+from leaf_cell.db.models import NodeRow, PortRow, TraitRow
+from leaf_cell.secrets import SecretBox
+from leaf_cell.states import DELETABLE, INITIAL, State
+from leaf_cell.validation import check_node, normalize_paths
+from rackcells.v1 import node_pb2, node_service_pb2
+
+__all__ = ["NodeStore"]
+
+_LOADS = (selectinload(NodeRow.ports), selectinload(NodeRow.trait_rows))
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class NodeStore:
+    """The leaf's node inventory, one cell's worth."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        cell: str,
+        secrets: SecretBox,
+        clock: Callable[[], datetime] = _now,
+    ) -> None:
+        self.cell = cell
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self._secrets = secrets
+        self._clock = clock
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _own_cell(self, parent: str) -> None:
+        cell = parse_cell(parent)
+        if cell != self.cell:
+            raise NotFound(f"cell {cell} is not served here (this is cell {self.cell})")
+
+    def _node_id(self, name: str, field: str = "name") -> str:
+        parsed = parse_node_name(name, field)
+        if parsed.cell != self.cell:
+            raise NotFound(f"cell {parsed.cell} is not served here (this is cell {self.cell})")
+        return parsed.node
+
+    def _load(self, session: Session, node_id: str, name: str) -> NodeRow:
+        row = session.scalars(
+            select(NodeRow).where(NodeRow.node_id == node_id).options(*_LOADS)
+        ).one_or_none()
+        if row is None:
+            raise NotFound(f"node {name} not found")
+        return row
+
+    def _check_macs_free(self, session: Session, macs: list[str], own_pk: int | None) -> None:
+        if not macs:
+            return
+        taken = session.execute(
+            select(PortRow.mac, PortRow.node_pk, NodeRow.node_id)
+            .join(NodeRow, PortRow.node_pk == NodeRow.id)
+            .where(PortRow.mac.in_(macs))
+        ).all()
+        for mac, owner_pk, owner in taken:
+            if owner_pk != own_pk:
+                owner_name = f"cells/{self.cell}/nodes/{owner}"
+                raise AlreadyExists(
+                    f"MAC {mac} already belongs to node {owner_name}",
+                    metadata={"mac": mac, "node": owner_name},
+                )
+
+    def _set_ports(self, session: Session, row: NodeRow, node: node_pb2.Node, macs: list[str]) -> None:
+        if row.ports:
+            row.ports.clear()
+            session.flush()  # delete old ports before re-adding a MAC that stays
+        row.ports.extend(
+            PortRow(mac=mac, pxe_enabled=port.pxe_enabled)
+            for mac, port in zip(macs, node.ports, strict=True)
+        )
+
+    def _locked(self, row: NodeRow) -> bool:
+        if not row.lock_holder or row.lock_expires is None:
+            return False
+        expires = row.lock_expires if row.lock_expires.tzinfo else row.lock_expires.replace(tzinfo=UTC)
+        return expires > self._clock()
+
+    # -- flows -----------------------------------------------------------------------------
+
+    def create(self, req: node_service_pb2.CreateNodeRequest) -> node_pb2.Node:
+        self._own_cell(req.parent)
+        node = node_pb2.Node()
+        node.CopyFrom(req.node)
+        if not node.bmc.driver:
+            node.bmc.driver = "ipmi"
+        if not node.resource_class:
+            node.resource_class = "baremetal"
+        problem = label_problem(req.node_id)
+        violations = [FieldViolation("node_id", problem)] if problem else []
+        try:
+            macs = check_node(node, None)
+        except InvalidArgument as exc:
+            raise InvalidArgument.of([*violations, *exc.violations]) from None
+        if violations:
+            raise InvalidArgument.of(violations)
+        name = f"cells/{self.cell}/nodes/{req.node_id}"
+        now = self._clock()
+        with self._sessions() as session, session.begin():
+            if session.scalar(select(NodeRow.id).where(NodeRow.node_id == req.node_id)) is not None:
+                raise AlreadyExists(f"node {name} already exists", metadata={"node": name})
+            self._check_macs_free(session, macs, None)
+            row = NodeRow(
+                uid=str(uuid.uuid4()),
+                node_id=req.node_id,
+                resource_class=node.resource_class,
+                cpus=node.properties.cpus,
+                memory_mb=node.properties.memory_mb,
+                local_gb=node.properties.local_gb,
+                cpu_arch=node.properties.cpu_arch,
+                bmc_driver=node.bmc.driver,
+                bmc_address=node.bmc.address,
+                bmc_port=node.bmc.port,
+                bmc_username=node.bmc.username,
+                bmc_password_enc=self._secrets.encrypt(node.bmc.password) if node.bmc.password else None,
+                power_state="UNSPECIFIED",
+                provision_state=INITIAL.value,
+                target_provision_state="UNSPECIFIED",
+                maintenance=node.maintenance,
+                maintenance_reason=node.maintenance_reason,
+                last_error="",
+                instance_info=_instance_info(node),
+                extra=dict(node.extra),
+                allocation="",
+                create_time=now,
+                update_time=now,
+                provision_update_time=now,
+                ports=[
+                    PortRow(mac=mac, pxe_enabled=port.pxe_enabled)
+                    for mac, port in zip(macs, node.ports, strict=True)
+                ],
+                trait_rows=[TraitRow(trait=t) for t in node.traits],
+            )
+            session.add(row)
+            try:
+                session.flush()
+            except IntegrityError:
+                raise AlreadyExists(
+                    f"node {name} or one of its MACs was enrolled concurrently; read and retry"
+                ) from None
+            return row_to_node(row, self.cell)
+
+    def get(self, name: str) -> node_pb2.Node:
+        node_id = self._node_id(name)
+        with self._sessions() as session:
+            return row_to_node(self._load(session, node_id, name), self.cell)
+
+    def list(self, req: node_service_pb2.ListNodesRequest) -> node_service_pb2.ListNodesResponse:
+        self._own_cell(req.parent)
+        size = page_size(req.page_size)
+        flt = parse_filter(req.filter)
+        order = parse_order_by(req.order_by)
+        stmt = queries.apply_filter(select(NodeRow).options(*_LOADS), flt)
+        if req.page_token:
+            after = queries.decode_token(req.page_token, req.filter, order)
+            stmt = stmt.where(queries.seek_after(order, after))
+        stmt = queries.apply_order(stmt, order).limit(size + 1)
+        with self._sessions() as session:
+            rows = list(session.scalars(stmt))
+        response = node_service_pb2.ListNodesResponse(
+            nodes=[row_to_node(r, self.cell) for r in rows[:size]]
+        )
+        if len(rows) > size:
+            response.next_page_token = queries.encode_token(
+                req.filter, order, queries.sort_values(rows[size - 1], order)
+            )
+        return response
+
+    def update(self, req: node_service_pb2.UpdateNodeRequest) -> node_pb2.Node:
+        name = req.node.name
+        node_id = self._node_id(name, "node.name")
+        paths = normalize_paths(req.update_mask.paths)
+        node = req.node
+        if "bmc" in paths or "bmc.driver" in paths:
+            node = node_pb2.Node()
+            node.CopyFrom(req.node)
+            node.bmc.driver = node.bmc.driver or "ipmi"
+        macs = check_node(node, paths)
+        with self._sessions() as session, session.begin():
+            row = self._load(session, node_id, name)
+            if node.etag and node.etag != etag_of(row):
+                raise EtagMismatch(given=node.etag, name=name)
+            if "instance_info" in paths or any(p.startswith("instance_info.") for p in paths):
+                if row.provision_state in (State.DEPLOYING, State.WAIT_CALL_BACK):
+                    raise FailedPrecondition(
+                        f"node {name} is {row.provision_state}; instance_info cannot change now"
+                    )
+            if "ports" in paths:
+                self._check_macs_free(session, macs, row.id)
+            self._apply(session, row, node, paths, macs)
+            row.update_time = self._clock()
+            try:
+                session.flush()
+            except StaleDataError:
+                raise EtagMismatch(
+                    f"node {name} changed while it was being updated; read it again"
+                ) from None
+            except IntegrityError:
+                raise AlreadyExists(
+                    f"a MAC of node {name} was enrolled concurrently elsewhere; read and retry"
+                ) from None
+            return row_to_node(row, self.cell)
+
+    def _apply(
+        self, session: Session, row: NodeRow, node: node_pb2.Node, paths: set[str], macs: list[str]
+    ) -> None:
+        def want(top: str, sub: str) -> bool:
+            return top in paths or f"{top}.{sub}" in paths
+
+        if "resource_class" in paths:
+            row.resource_class = node.resource_class or "baremetal"
+        if "traits" in paths:
+            row.trait_rows.clear()
+            session.flush()
+            row.trait_rows.extend(TraitRow(trait=t) for t in node.traits)
+        for sub in ("cpus", "memory_mb", "local_gb", "cpu_arch"):
+            if want("properties", sub):
+                setattr(row, sub, getattr(node.properties, sub))
+        if want("bmc", "driver"):
+            row.bmc_driver = node.bmc.driver
+        for sub in ("address", "port", "username"):
+            if want("bmc", sub):
+                setattr(row, f"bmc_{sub}", getattr(node.bmc, sub))
+        if want("bmc", "password"):
+            password = node.bmc.password
+            row.bmc_password_enc = self._secrets.encrypt(password) if password else None
+        if "ports" in paths:
+            self._set_ports(session, row, node, macs)
+        if "maintenance" in paths:
+            row.maintenance = node.maintenance
+            if not node.maintenance and "maintenance_reason" not in paths:
+                row.maintenance_reason = ""
+        if "maintenance_reason" in paths:
+            row.maintenance_reason = node.maintenance_reason
+        info = dict(row.instance_info)
+        for sub in ("image_url", "image_checksum", "root_device"):
+            if want("instance_info", sub):
+                info[sub] = getattr(node.instance_info, sub)
+        row.instance_info = {k: v for k, v in info.items() if v}
+        if "extra" in paths:
+            row.extra = dict(node.extra)
+
+    def delete(self, req: node_service_pb2.DeleteNodeRequest) -> None:
+        node_id = self._node_id(req.name)
+        with self._sessions() as session, session.begin():
+            row = self._load(session, node_id, req.name)
+            if req.etag and req.etag != etag_of(row):
+                raise EtagMismatch(given=req.etag, name=req.name)
+            if row.provision_state not in DELETABLE:
+                raise FailedPrecondition(
+                    f"node {req.name} is {row.provision_state}; only nodes in "
+                    f"{', '.join(sorted(s.value for s in DELETABLE))} can be deleted",
+                    metadata={"provision_state": row.provision_state},
+                )
+            if self._locked(row):
+                raise NodeLocked(
+                    name=req.name, holder=row.lock_holder, purpose=row.lock_purpose,
+                    since=row.lock_since,
+                )
+            if row.allocation:
+                raise FailedPrecondition(
+                    f"node {req.name} is claimed by allocation {row.allocation}; delete that first"
+                )
+            session.delete(row)
+            try:
+                session.flush()
+            except StaleDataError:
+                raise EtagMismatch(f"node {req.name} changed while it was being deleted") from None
+
+
+def _instance_info(node: node_pb2.Node) -> dict[str, str]:
+    info = node.instance_info
+    values = {
+        "image_url": info.image_url,
+        "image_checksum": info.image_checksum,
+        "root_device": info.root_device,
+    }
+    return {k: v for k, v in values.items() if v}

@@ -1,0 +1,90 @@
+"""Assembles and runs one leaf cell: database, migrations, services, graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from cryptography.fernet import Fernet
+from grpc_health.v1 import health
+from sqlalchemy import Engine
+
+from common.db import make_engine
+from common.server import ServiceBinding, build_server, mark_not_serving, mark_serving
+from leaf_cell.config import LeafConfig
+from leaf_cell.db.migrate import upgrade
+from leaf_cell.nodes import NodeStore
+from leaf_cell.secrets import SecretBox, load_or_create_key
+from leaf_cell.servicer import NodeServicer
+from rackcells.v1 import node_service_pb2, node_service_pb2_grpc
+
+__all__ = ["LeafServer", "run"]
+
+log = logging.getLogger(__name__)
+
+NODE_SERVICE = node_service_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name
+
+
+@dataclass
+class LeafServer:
+    """A started leaf: the gRPC server and what it owns, for a clean stop."""
+
+    config: LeafConfig
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+    engine: Engine
+    executor: ThreadPoolExecutor
+    services: tuple[str, ...]
+
+    async def stop(self, grace: float = 5.0) -> None:
+        await mark_not_serving(self.health, self.services)
+        await self.server.stop(grace)
+        self.executor.shutdown(wait=True, cancel_futures=True)
+        self.engine.dispose()
+
+
+def _secret_box(config: LeafConfig) -> SecretBox:
+    path = config.key_path()
+    return SecretBox(load_or_create_key(path) if path else Fernet.generate_key())
+
+
+async def start(config: LeafConfig) -> LeafServer:
+    """Migrates the database and starts serving; returns once the port is bound and healthy."""
+    engine = make_engine(config.db, pool_size=config.db_pool_size)
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, upgrade, engine)
+    store = NodeStore(engine, config.cell, _secret_box(config))
+    executor = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="leaf-db")
+    bindings = [
+        ServiceBinding(
+            NODE_SERVICE,
+            NodeServicer(store, executor),
+            node_service_pb2_grpc.add_NodeServiceServicer_to_server,
+        )
+    ]
+    server, port, health_servicer = build_server(config.listen, bindings)
+    await server.start()
+    services = tuple(b.full_name for b in bindings)
+    await mark_serving(health_servicer, services)
+    if config.port_file:
+        Path(config.port_file).write_text(f"{port}\n")
+    log.info("leaf cell %s serving on port %d (db %s)", config.cell, port, engine.url.render_as_string(hide_password=True))
+    return LeafServer(config, server, port, health_servicer, engine, executor, services)
+
+
+async def run(config: LeafConfig) -> None:
+    """Serves until SIGTERM or SIGINT, then drains in-flight calls and stops."""
+    leaf = await start(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("leaf cell %s stopping", config.cell)
+    await leaf.stop()

@@ -1,0 +1,155 @@
+"""Validation of node input, collected field by field before anything is written.
+
+Every problem becomes a :class:`~common.errors.FieldViolation` with the field's path as the
+caller sent it (``node.ports[1].mac``), and all of them are reported together, so an operator
+fixing an import file sees every mistake at once. Nothing here touches the database.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+from common.errors import FieldViolation, InvalidArgument
+from rackcells.v1 import node_pb2
+
+__all__ = [
+    "BMC_DRIVERS",
+    "MUTABLE_PATHS",
+    "check_node",
+    "normalize_mac",
+    "normalize_paths",
+]
+
+BMC_DRIVERS = ("ipmi", "fake")
+
+# Update-mask paths a caller may name; a parent path ("bmc") covers its sub-fields.
+MUTABLE_PATHS: dict[str, tuple[str, ...]] = {
+    "resource_class": (),
+    "traits": (),
+    "properties": ("cpus", "memory_mb", "local_gb", "cpu_arch"),
+    "bmc": ("driver", "address", "port", "username", "password"),
+    "ports": (),
+    "maintenance": (),
+    "maintenance_reason": (),
+    "instance_info": ("image_url", "image_checksum", "root_device"),
+    "extra": (),
+}
+
+_MAC = re.compile(r"^[0-9a-f]{2}([:-]?)[0-9a-f]{2}(\1[0-9a-f]{2}){4}$")
+_RESOURCE_CLASS = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,79}$")
+_TRAIT = re.compile(r"^[A-Z0-9_]{1,255}$")
+_CPU_ARCH = re.compile(r"^[a-z0-9_]{0,32}$")
+_CHECKSUM = re.compile(r"^sha256:[0-9a-f]{64}$")
+_HOST = re.compile(r"^[A-Za-z0-9.:\-\[\]]{1,255}$")
+_MAX_EXTRA = 64
+
+
+def normalize_mac(text: str) -> str | None:
+    """``AA-BB-CC-DD-EE-FF`` / ``aabb.ccdd.eeff`` / ``aabbccddeeff`` → ``aa:bb:cc:dd:ee:ff``."""
+    raw = text.strip().lower()
+    if "." in raw and len(raw) == 14:
+        raw = raw.replace(".", "")
+    if not _MAC.match(raw):
+        return None
+    digits = re.sub(r"[:-]", "", raw)
+    return ":".join(digits[i : i + 2] for i in range(0, 12, 2))
+
+
+def normalize_paths(paths: Iterable[str]) -> set[str]:
+    """Expands ``*`` and checks each update-mask path; raises naming ``update_mask``."""
+    result: set[str] = set()
+    for path in paths:
+        if path == "*":
+            result.update(MUTABLE_PATHS)
+            continue
+        top, _, sub = path.partition(".")
+        if top not in MUTABLE_PATHS or (sub and sub not in MUTABLE_PATHS[top]):
+            raise InvalidArgument.field(
+                "update_mask", f"{path!r} cannot be updated (one of {', '.join(MUTABLE_PATHS)})"
+            )
+        result.add(path)
+    if not result:
+        raise InvalidArgument.field("update_mask", "is required: name the fields to change")
+    return result
+
+
+def _covers(paths: set[str] | None, top: str, sub: str | None = None) -> bool:
+    if paths is None:
+        return True
+    return top in paths or (sub is not None and f"{top}.{sub}" in paths)
+
+
+def check_node(node: node_pb2.Node, paths: set[str] | None, prefix: str = "node") -> list[str]:
+    """Validates the fields of ``node`` selected by ``paths`` (all when None).
+
+    Returns the normalised MACs of ``node.ports`` when ports are selected; raises
+    INVALID_ARGUMENT listing every violation otherwise.
+    """
+    bad: list[FieldViolation] = []
+
+    def violation(field: str, text: str) -> None:
+        bad.append(FieldViolation(f"{prefix}.{field}", text))
+
+    if _covers(paths, "resource_class") and node.resource_class and not _RESOURCE_CLASS.match(
+        node.resource_class
+    ):
+        violation("resource_class", f"{node.resource_class!r} must match {_RESOURCE_CLASS.pattern}")
+    if _covers(paths, "traits"):
+        for i, trait in enumerate(node.traits):
+            if not _TRAIT.match(trait):
+                violation(f"traits[{i}]", f"{trait!r} must be upper case letters, digits and _")
+        if len(set(node.traits)) != len(node.traits):
+            violation("traits", "contains duplicates")
+    props = node.properties
+    for sub in ("cpus", "memory_mb", "local_gb"):
+        if _covers(paths, "properties", sub) and getattr(props, sub) < 0:
+            violation(f"properties.{sub}", "must not be negative")
+    if _covers(paths, "properties", "cpu_arch") and not _CPU_ARCH.match(props.cpu_arch):
+        violation("properties.cpu_arch", f"{props.cpu_arch!r} must match {_CPU_ARCH.pattern}")
+    bmc = node.bmc
+    if _covers(paths, "bmc", "driver") and bmc.driver not in BMC_DRIVERS:
+        violation("bmc.driver", f"{bmc.driver!r} is not a driver (one of {', '.join(BMC_DRIVERS)})")
+    if _covers(paths, "bmc", "address"):
+        if bmc.driver == "ipmi" and not bmc.address:
+            violation("bmc.address", "is required for the ipmi driver")
+        elif bmc.address and not _HOST.match(bmc.address):
+            violation("bmc.address", f"{bmc.address!r} is not a host name or IP address")
+    if _covers(paths, "bmc", "port") and not 0 <= bmc.port <= 65535:
+        violation("bmc.port", f"must be 0..65535, got {bmc.port}")
+    if _covers(paths, "bmc", "username") and len(bmc.username) > 64:
+        violation("bmc.username", "must be at most 64 characters")
+    if _covers(paths, "bmc", "password") and len(bmc.password) > 255:
+        violation("bmc.password", "must be at most 255 characters")
+    macs: list[str] = []
+    if _covers(paths, "ports"):
+        for i, port in enumerate(node.ports):
+            mac = normalize_mac(port.mac)
+            if mac is None:
+                violation(f"ports[{i}].mac", f"{port.mac!r} is not a MAC address")
+            elif mac in macs:
+                violation(f"ports[{i}].mac", f"{mac} appears twice")
+            else:
+                macs.append(mac)
+    info = node.instance_info
+    if _covers(paths, "instance_info", "image_url") and info.image_url and not info.image_url.startswith(
+        ("http://", "https://")
+    ):
+        violation("instance_info.image_url", "must be an http:// or https:// URL")
+    if _covers(paths, "instance_info", "image_checksum") and info.image_checksum and not _CHECKSUM.match(
+        info.image_checksum
+    ):
+        violation("instance_info.image_checksum", "must be sha256:<64 lower-case hex digits>")
+    if _covers(paths, "extra"):
+        if len(node.extra) > _MAX_EXTRA:
+            violation("extra", f"at most {_MAX_EXTRA} keys")
+        for key, value in node.extra.items():
+            if not key or len(key) > 255:
+                violation("extra", f"key {key[:40]!r} must be 1..255 characters")
+            if len(value) > 4096:
+                violation(f"extra[{key!r}]", "value must be at most 4096 characters")
+    if _covers(paths, "maintenance_reason") and len(node.maintenance_reason) > 1024:
+        violation("maintenance_reason", "must be at most 1024 characters")
+    if bad:
+        raise InvalidArgument.of(bad)
+    return macs
