@@ -26,7 +26,7 @@ from common.errors import (
     NotFound,
 )
 from common.listing import page_size, parse_filter, parse_order_by
-from common.names import label_problem, parse_cell, parse_node_name
+from common.names import ALL_CELLS, label_problem, parse_cell, parse_node_name
 from leaf_cell import queries
 from leaf_cell.convert import etag_of, row_to_node
 from leaf_cell.db.models import NodeRow, PortRow, TraitRow
@@ -61,9 +61,9 @@ class NodeStore:
 
     # -- helpers ---------------------------------------------------------------------------
 
-    def _own_cell(self, parent: str) -> None:
-        cell = parse_cell(parent)
-        if cell != self.cell:
+    def _own_cell(self, parent: str, *, allow_all: bool = False) -> None:
+        cell = parse_cell(parent, allow_all=allow_all)
+        if cell not in (self.cell, ALL_CELLS):
             raise NotFound(f"cell {cell} is not served here (this is cell {self.cell})")
 
     def _node_id(self, name: str, field: str = "name") -> str:
@@ -181,7 +181,8 @@ class NodeStore:
             return row_to_node(self._load(session, node_id, name), self.cell)
 
     def list(self, req: node_service_pb2.ListNodesRequest) -> node_service_pb2.ListNodesResponse:
-        self._own_cell(req.parent)
+        # cells/- (AIP-159) lists every cell the server knows; a leaf knows only its own.
+        self._own_cell(req.parent, allow_all=True)
         size = page_size(req.page_size)
         flt = parse_filter(req.filter)
         order = parse_order_by(req.order_by)
