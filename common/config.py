@@ -29,7 +29,7 @@ class ConfigError(ValueError):
     """A setting has a value that cannot be used; the message names the setting."""
 
 
-def setting(default: Any, help: str) -> Any:  # noqa: A002 - mirrors argparse
+def setting(default: Any, help: str) -> Any:
     """A config field with its help text."""
     return dataclasses.field(default=default, metadata={"help": help})
 
@@ -56,8 +56,11 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type[Any], env_prefix: s
         tp = _field_type(cls, f)
         if tp is bool:
             parser.add_argument(
-                _flag(f.name), dest=f.name, default=None,
-                action=argparse.BooleanOptionalAction, help=help_text,
+                _flag(f.name),
+                dest=f.name,
+                default=None,
+                action=argparse.BooleanOptionalAction,
+                help=help_text,
             )
         else:
             parser.add_argument(_flag(f.name), dest=f.name, default=None, help=help_text)

@@ -32,12 +32,27 @@ DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 
 _PROVISION_STATES = {
-    "ENROLL", "VERIFYING", "MANAGEABLE", "CLEANING", "CLEAN_FAILED", "AVAILABLE", "DEPLOYING",
-    "WAIT_CALL_BACK", "DEPLOY_FAILED", "ACTIVE", "DELETING", "ERROR",
+    "ENROLL",
+    "VERIFYING",
+    "MANAGEABLE",
+    "CLEANING",
+    "CLEAN_FAILED",
+    "AVAILABLE",
+    "DEPLOYING",
+    "WAIT_CALL_BACK",
+    "DEPLOY_FAILED",
+    "ACTIVE",
+    "DELETING",
+    "ERROR",
 }
 _POWER_STATES = {"ON", "OFF", "UNKNOWN", "UNSPECIFIED"}
 _ORDER_FIELDS = (
-    "name", "resource_class", "provision_state", "power_state", "create_time", "update_time",
+    "name",
+    "resource_class",
+    "provision_state",
+    "power_state",
+    "create_time",
+    "update_time",
 )
 
 Op = Literal["=", "!=", "has", "has_not"]
@@ -94,7 +109,7 @@ def _unquote(raw: str) -> str:
 def _enum_value(field: str, raw: str, allowed: set[str], prefix: str) -> str:
     value = raw.upper()
     if value.startswith(prefix):
-        value = value[len(prefix):]
+        value = value[len(prefix) :]
     if value not in allowed:
         raise InvalidArgument.field(
             "filter", f"{field} has no value {raw!r} (one of {', '.join(sorted(allowed))})"
@@ -142,7 +157,9 @@ def parse_filter(text: str) -> Filter:
         cmp: Op = "=" if op == "=" else "!="
         if field == "provision_state":
             conditions.append(
-                Condition(field, cmp, _enum_value(field, value, _PROVISION_STATES, "PROVISION_STATE_"))
+                Condition(
+                    field, cmp, _enum_value(field, value, _PROVISION_STATES, "PROVISION_STATE_")
+                )
             )
         elif field == "power_state":
             conditions.append(
@@ -152,7 +169,9 @@ def parse_filter(text: str) -> Filter:
             conditions.append(Condition(field, cmp, value))
         elif field == "maintenance":
             if value.lower() not in {"true", "false"}:
-                raise InvalidArgument.field("filter", f"maintenance must be true or false, got {value!r}")
+                raise InvalidArgument.field(
+                    "filter", f"maintenance must be true or false, got {value!r}"
+                )
             conditions.append(Condition(field, cmp, value.lower() == "true"))
         else:
             raise InvalidArgument.field(
@@ -169,7 +188,11 @@ def parse_order_by(text: str) -> OrderBy:
     seen: set[str] = set()
     for part in (p.strip() for p in text.split(",")) if text.strip() else []:
         words = part.split()
-        if not words or len(words) > 2 or (len(words) == 2 and words[1].lower() not in {"asc", "desc"}):
+        if (
+            not words
+            or len(words) > 2
+            or (len(words) == 2 and words[1].lower() not in {"asc", "desc"})
+        ):
             raise InvalidArgument.field("order_by", f"cannot parse {part!r} (FIELD [asc|desc])")
         field = words[0]
         if field not in _ORDER_FIELDS:

@@ -1,4 +1,4 @@
-"""Resource names (AIP-122) shared by both cells: ``cells/{cell}`` and ``cells/{cell}/nodes/{node}``.
+"""Resource names (AIP-122) shared by both cells: ``cells/{cell}``, ``cells/{cell}/nodes/{node}``.
 
 The cell is part of every name so that the top cell routes a named request by parsing it, with
 no database look-up. IDs are RFC 1123 labels: lower-case letters, digits and hyphens, at most
@@ -68,7 +68,9 @@ def parse_node_name(name: str, field: str = "name") -> NodeName:
         raise InvalidArgument.field(field, "is required (cells/{cell}/nodes/{node})")
     parts = name.split("/")
     if len(parts) != 4 or parts[0] != "cells" or parts[2] != "nodes":
-        raise InvalidArgument.field(field, f"{name!r} is not of the form cells/{{cell}}/nodes/{{node}}")
+        raise InvalidArgument.field(
+            field, f"{name!r} is not of the form cells/{{cell}}/nodes/{{node}}"
+        )
     for part, what in ((parts[1], "cell id"), (parts[3], "node id")):
         problem = label_problem(part)
         if problem:

@@ -82,7 +82,9 @@ async def mark_serving(health_servicer: health.aio.HealthServicer, names: Sequen
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
 
 
-async def mark_not_serving(health_servicer: health.aio.HealthServicer, names: Sequence[str]) -> None:
+async def mark_not_serving(
+    health_servicer: health.aio.HealthServicer, names: Sequence[str]
+) -> None:
     """Sets the overall status and each named service to NOT_SERVING, for a graceful stop."""
     await health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
     for name in names:

@@ -40,7 +40,7 @@ def timestamp(dt: datetime | None) -> timestamp_pb2.Timestamp | None:
     return ts
 
 
-def power_state_name(value: int) -> str:
+def power_state_name(value: node_pb2.PowerState.ValueType) -> str:
     return node_pb2.PowerState.Name(value).removeprefix("POWER_STATE_")
 
 

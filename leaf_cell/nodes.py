@@ -96,7 +96,9 @@ class NodeStore:
                     metadata={"mac": mac, "node": owner_name},
                 )
 
-    def _set_ports(self, session: Session, row: NodeRow, node: node_pb2.Node, macs: list[str]) -> None:
+    def _set_ports(
+        self, session: Session, row: NodeRow, node: node_pb2.Node, macs: list[str]
+    ) -> None:
         if row.ports:
             row.ports.clear()
             session.flush()  # delete old ports before re-adding a MAC that stays
@@ -108,7 +110,9 @@ class NodeStore:
     def _locked(self, row: NodeRow) -> bool:
         if not row.lock_holder or row.lock_expires is None:
             return False
-        expires = row.lock_expires if row.lock_expires.tzinfo else row.lock_expires.replace(tzinfo=UTC)
+        expires = (
+            row.lock_expires if row.lock_expires.tzinfo else row.lock_expires.replace(tzinfo=UTC)
+        )
         return expires > self._clock()
 
     # -- flows -----------------------------------------------------------------------------
@@ -147,7 +151,9 @@ class NodeStore:
                 bmc_address=node.bmc.address,
                 bmc_port=node.bmc.port,
                 bmc_username=node.bmc.username,
-                bmc_password_enc=self._secrets.encrypt(node.bmc.password) if node.bmc.password else None,
+                bmc_password_enc=self._secrets.encrypt(node.bmc.password)
+                if node.bmc.password
+                else None,
                 power_state="UNSPECIFIED",
                 provision_state=INITIAL.value,
                 target_provision_state="UNSPECIFIED",
@@ -180,7 +186,9 @@ class NodeStore:
         with self._sessions() as session:
             return row_to_node(self._load(session, node_id, name), self.cell)
 
-    def list(self, req: node_service_pb2.ListNodesRequest) -> node_service_pb2.ListNodesResponse:
+    def list_nodes(
+        self, req: node_service_pb2.ListNodesRequest
+    ) -> node_service_pb2.ListNodesResponse:
         # cells/- (AIP-159) lists every cell the server knows; a leaf knows only its own.
         self._own_cell(req.parent, allow_all=True)
         size = page_size(req.page_size)
@@ -216,9 +224,9 @@ class NodeStore:
             row = self._load(session, node_id, name)
             if node.etag and node.etag != etag_of(row):
                 raise EtagMismatch(given=node.etag, name=name)
-            if "instance_info" in paths or any(p.startswith("instance_info.") for p in paths):
-                if row.provision_state in (State.DEPLOYING, State.WAIT_CALL_BACK):
-                    raise FailedPrecondition(
+            touches_instance = any(p.partition(".")[0] == "instance_info" for p in paths)
+            if touches_instance and row.provision_state in (State.DEPLOYING, State.WAIT_CALL_BACK):
+                raise FailedPrecondition(
                         f"node {name} is {row.provision_state}; instance_info cannot change now"
                     )
             if "ports" in paths:
@@ -290,7 +298,9 @@ class NodeStore:
                 )
             if self._locked(row):
                 raise NodeLocked(
-                    name=req.name, holder=row.lock_holder, purpose=row.lock_purpose,
+                    name=req.name,
+                    holder=row.lock_holder,
+                    purpose=row.lock_purpose,
                     since=row.lock_since,
                 )
             if row.allocation:

@@ -38,7 +38,8 @@ def _condition(cond: Condition) -> ColumnElement[bool]:
         has = exists().where(TraitRow.node_pk == NodeRow.id, TraitRow.trait == cond.value)
         return has if cond.op == "has" else ~has
     column = _COLUMNS[cond.field]
-    return column == cond.value if cond.op == "=" else column != cond.value
+    clause: ColumnElement[bool] = column == cond.value if cond.op == "=" else column != cond.value
+    return clause
 
 
 def apply_filter(stmt: Select[Any], flt: Filter) -> Select[Any]:
@@ -68,12 +69,9 @@ def seek_after(order: OrderBy, values: list[Any]) -> ColumnElement[bool]:
     """Rows strictly after ``values`` in ``order``: (k1 > v1) OR (k1 = v1 AND k2 > v2) …"""
     clauses: list[ColumnElement[bool]] = []
     prefix: list[ColumnElement[bool]] = []
-    for key, value in zip(order.keys, values, strict=True):
+    for key, raw in zip(order.keys, values, strict=True):
         column = _COLUMNS[key.field]
-        if key.field in _TIME_FIELDS:
-            value = datetime.fromisoformat(value)
-            if column.type.timezone is False:  # pragma: no cover - all our columns are tz-aware
-                value = value.replace(tzinfo=None)
+        value = datetime.fromisoformat(raw) if key.field in _TIME_FIELDS else raw
         step = column < value if key.desc else column > value
         clauses.append(and_(*prefix, step) if prefix else step)
         prefix.append(column == value)
@@ -87,7 +85,9 @@ def _fingerprint(flt_text: str, order: OrderBy) -> str:
 
 def encode_token(flt_text: str, order: OrderBy, values: list[Any]) -> str:
     """An opaque token naming the last row of a page and the query it belongs to."""
-    payload = json.dumps({"q": _fingerprint(flt_text, order), "after": values}, separators=(",", ":"))
+    payload = json.dumps(
+        {"q": _fingerprint(flt_text, order), "after": values}, separators=(",", ":")
+    )
     return base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
 
 
@@ -107,5 +107,3 @@ def decode_token(token: str, flt_text: str, order: OrderBy) -> list[Any]:
     if not isinstance(values, list) or len(values) != len(order.keys):
         raise InvalidArgument.field("page_token", "is not a token this cell issued")
     return values
-
-

@@ -74,7 +74,12 @@ async def start(config: LeafConfig) -> LeafServer:
     await mark_serving(health_servicer, services)
     if config.port_file:
         Path(config.port_file).write_text(f"{port}\n")
-    log.info("leaf cell %s serving on port %d (db %s)", config.cell, port, engine.url.render_as_string(hide_password=True))
+    log.info(
+        "leaf cell %s serving on port %d (db %s)",
+        config.cell,
+        port,
+        engine.url.render_as_string(hide_password=True),
+    )
     return LeafServer(config, server, port, health_servicer, engine, executor, services)
 
 

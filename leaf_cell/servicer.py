@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, TypeAlias, TypeVar
 
 import grpc
 from google.protobuf import empty_pb2
@@ -20,7 +20,7 @@ from rackcells.v1 import node_pb2, node_service_pb2, node_service_pb2_grpc
 __all__ = ["NodeServicer"]
 
 T = TypeVar("T")
-Ctx = grpc.aio.ServicerContext[Any, Any]
+Ctx: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
 
 class NodeServicer(node_service_pb2_grpc.NodeServiceServicer):
@@ -36,13 +36,15 @@ class NodeServicer(node_service_pb2_grpc.NodeServiceServicer):
     ) -> node_pb2.Node:
         return await self._run(self._store.create, request)
 
-    async def GetNode(self, request: node_service_pb2.GetNodeRequest, context: Ctx) -> node_pb2.Node:
+    async def GetNode(
+        self, request: node_service_pb2.GetNodeRequest, context: Ctx
+    ) -> node_pb2.Node:
         return await self._run(self._store.get, request.name)
 
     async def ListNodes(
         self, request: node_service_pb2.ListNodesRequest, context: Ctx
     ) -> node_service_pb2.ListNodesResponse:
-        return await self._run(self._store.list, request)
+        return await self._run(self._store.list_nodes, request)
 
     async def UpdateNode(
         self, request: node_service_pb2.UpdateNodeRequest, context: Ctx

@@ -91,8 +91,10 @@ def check_node(node: node_pb2.Node, paths: set[str] | None, prefix: str = "node"
     def violation(field: str, text: str) -> None:
         bad.append(FieldViolation(f"{prefix}.{field}", text))
 
-    if _covers(paths, "resource_class") and node.resource_class and not _RESOURCE_CLASS.match(
-        node.resource_class
+    if (
+        _covers(paths, "resource_class")
+        and node.resource_class
+        and not _RESOURCE_CLASS.match(node.resource_class)
     ):
         violation("resource_class", f"{node.resource_class!r} must match {_RESOURCE_CLASS.pattern}")
     if _covers(paths, "traits"):
@@ -132,12 +134,16 @@ def check_node(node: node_pb2.Node, paths: set[str] | None, prefix: str = "node"
             else:
                 macs.append(mac)
     info = node.instance_info
-    if _covers(paths, "instance_info", "image_url") and info.image_url and not info.image_url.startswith(
-        ("http://", "https://")
+    if (
+        _covers(paths, "instance_info", "image_url")
+        and info.image_url
+        and not info.image_url.startswith(("http://", "https://"))
     ):
         violation("instance_info.image_url", "must be an http:// or https:// URL")
-    if _covers(paths, "instance_info", "image_checksum") and info.image_checksum and not _CHECKSUM.match(
-        info.image_checksum
+    if (
+        _covers(paths, "instance_info", "image_checksum")
+        and info.image_checksum
+        and not _CHECKSUM.match(info.image_checksum)
     ):
         violation("instance_info.image_checksum", "must be sha256:<64 lower-case hex digits>")
     if _covers(paths, "extra"):

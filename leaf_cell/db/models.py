@@ -71,14 +71,18 @@ class NodeRow(Base):
     revision: Mapped[int] = mapped_column(Integer, nullable=False)
 
     ports: Mapped[list[PortRow]] = relationship(
-        back_populates="node", cascade="all, delete-orphan", order_by="PortRow.id",
+        back_populates="node",
+        cascade="all, delete-orphan",
+        order_by="PortRow.id",
         passive_deletes=True,
     )
     trait_rows: Mapped[list[TraitRow]] = relationship(
-        cascade="all, delete-orphan", order_by="TraitRow.trait", passive_deletes=True,
+        cascade="all, delete-orphan",
+        order_by="TraitRow.trait",
+        passive_deletes=True,
     )
 
-    __mapper_args__ = {"version_id_col": revision}  # noqa: RUF012
+    __mapper_args__ = {"version_id_col": revision}
 
 
 class PortRow(Base):

@@ -69,7 +69,9 @@ def upgrade() -> None:
     op.create_table(
         "node_traits",
         sa.Column(
-            "node_pk", sa.Integer(), sa.ForeignKey("nodes.id", ondelete="CASCADE"),
+            "node_pk",
+            sa.Integer(),
+            sa.ForeignKey("nodes.id", ondelete="CASCADE"),
             primary_key=True,
         ),
         sa.Column("trait", sa.String(255), primary_key=True),
