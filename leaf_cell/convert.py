@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from datetime import UTC, datetime
+from collections.abc import Sequence
 from typing import Any
 
 from google.protobuf import duration_pb2, timestamp_pb2
@@ -15,29 +16,40 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from leaf_cell.db.models import NodeRow
 from rackcells.v1 import node_pb2
 
-__all__ = ["etag_of", "node_name", "power_state_name", "row_to_node", "timestamp"]
+__all__ = ["etag_of", "node_name", "orm_to_node", "power_state_name", "row_to_node", "timestamp"]
 
 
 def node_name(cell: str, node_id: str) -> str:
     return f"cells/{cell}/nodes/{node_id}"
 
 
-def etag_of(row: NodeRow) -> str:
+_POWER = {name.removeprefix("POWER_STATE_"): value for name, value in node_pb2.PowerState.items()}
+_PROVISION = {
+    name.removeprefix("PROVISION_STATE_"): value for name, value in node_pb2.ProvisionState.items()
+}
+
+
+def etag_of(row: Any) -> str:
     """An opaque etag: changes with every revision and differs between incarnations of a name."""
     return hashlib.blake2b(f"{row.uid}/{row.revision}".encode(), digest_size=8).hexdigest()
 
 
-def _utc(dt: datetime) -> datetime:
-    # SQLite returns naive datetimes for timezone-aware columns; all of ours are stored in UTC.
-    return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
-
-
 def timestamp(dt: datetime | None) -> timestamp_pb2.Timestamp | None:
+    """A protobuf Timestamp; naive values (SQLite drops the zone) are taken as UTC.
+
+    Built from the epoch directly: ``Timestamp.FromDatetime`` goes through ``calendar.timegm``,
+    which made up half the cost of a 1,000-node page.
+    """
     if dt is None:
         return None
-    ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(_utc(dt))
-    return ts
+    aware = dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
+    return timestamp_pb2.Timestamp(seconds=int(aware.timestamp()), nanos=aware.microsecond * 1000)
+
+
+def _set_time(target: timestamp_pb2.Timestamp, dt: datetime) -> None:
+    aware = dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
+    target.seconds = int(aware.timestamp())
+    target.nanos = aware.microsecond * 1000
 
 
 def power_state_name(value: node_pb2.PowerState.ValueType) -> str:
@@ -57,54 +69,70 @@ def _deploy_timings(data: dict[str, Any]) -> node_pb2.DeployTimings:
     return timings
 
 
-def row_to_node(row: NodeRow, cell: str) -> node_pb2.Node:
-    """The API view of ``row``; ports and traits must be loaded."""
+def row_to_node(
+    row: Any, ports: Sequence[tuple[str, bool]], traits: Sequence[str], cell: str
+) -> node_pb2.Node:
+    """The API view of a ``nodes`` row (an ORM ``NodeRow`` or a Core result row).
+
+    Ports (MAC, PXE flag) and traits are passed separately so that a page of nodes is read with
+    three set-based queries instead of loading one ORM object graph per node.
+    """
+    # Fields are set in place rather than through nested constructor keywords: this runs
+    # 1,000 times per page and is three times faster this way.
     node = node_pb2.Node(
-        name=node_name(cell, row.node_id),
+        name=f"cells/{cell}/nodes/{row.node_id}",
         uid=row.uid,
         resource_class=row.resource_class,
-        traits=[t.trait for t in row.trait_rows],
-        properties=node_pb2.NodeProperties(
-            cpus=row.cpus, memory_mb=row.memory_mb, local_gb=row.local_gb, cpu_arch=row.cpu_arch
-        ),
-        bmc=node_pb2.BmcInfo(
-            driver=row.bmc_driver,
-            address=row.bmc_address,
-            port=row.bmc_port,
-            username=row.bmc_username,
-            password_set=bool(row.bmc_password_enc),
-        ),
-        ports=[node_pb2.Port(mac=p.mac, pxe_enabled=p.pxe_enabled) for p in row.ports],
-        power_state=node_pb2.PowerState.Value("POWER_STATE_" + row.power_state),
-        provision_state=node_pb2.ProvisionState.Value("PROVISION_STATE_" + row.provision_state),
-        target_provision_state=node_pb2.ProvisionState.Value(
-            "PROVISION_STATE_" + row.target_provision_state
-        ),
+        traits=traits,
+        power_state=_POWER[row.power_state],
+        provision_state=_PROVISION[row.provision_state],
+        target_provision_state=_PROVISION[row.target_provision_state],
         maintenance=row.maintenance,
         maintenance_reason=row.maintenance_reason,
         last_error=row.last_error,
-        instance_info=node_pb2.InstanceInfo(
-            image_url=row.instance_info.get("image_url", ""),
-            image_checksum=row.instance_info.get("image_checksum", ""),
-            root_device=row.instance_info.get("root_device", ""),
-        ),
-        extra=row.extra,
         allocation=row.allocation,
-        create_time=timestamp(row.create_time),
-        update_time=timestamp(row.update_time),
-        provision_update_time=timestamp(row.provision_update_time),
-        power_sync_time=timestamp(row.power_sync_time),
         etag=etag_of(row),
     )
+    props = node.properties
+    props.cpus = row.cpus
+    props.memory_mb = row.memory_mb
+    props.local_gb = row.local_gb
+    props.cpu_arch = row.cpu_arch
+    bmc = node.bmc
+    bmc.driver = row.bmc_driver
+    bmc.address = row.bmc_address
+    bmc.port = row.bmc_port
+    bmc.username = row.bmc_username
+    bmc.password_set = bool(row.bmc_password_enc)
+    for mac, pxe in ports:
+        node.ports.add(mac=mac, pxe_enabled=pxe)
+    if row.instance_info:
+        info = node.instance_info
+        info.image_url = row.instance_info.get("image_url", "")
+        info.image_checksum = row.instance_info.get("image_checksum", "")
+        info.root_device = row.instance_info.get("root_device", "")
+    if row.extra:
+        node.extra.update(row.extra)
+    _set_time(node.create_time, row.create_time)
+    _set_time(node.update_time, row.update_time)
+    _set_time(node.provision_update_time, row.provision_update_time)
+    if row.power_sync_time is not None:
+        _set_time(node.power_sync_time, row.power_sync_time)
     if row.lock_holder:
-        node.lock.CopyFrom(
-            node_pb2.NodeLock(
-                holder=row.lock_holder,
-                purpose=row.lock_purpose or "",
-                since=timestamp(row.lock_since),
-                expire_time=timestamp(row.lock_expires),
-            )
-        )
+        lock = node.lock
+        lock.holder = row.lock_holder
+        lock.purpose = row.lock_purpose or ""
+        if row.lock_since is not None:
+            _set_time(lock.since, row.lock_since)
+        if row.lock_expires is not None:
+            _set_time(lock.expire_time, row.lock_expires)
     if row.last_deploy:
         node.last_deploy.CopyFrom(_deploy_timings(row.last_deploy))
     return node
+
+
+def orm_to_node(row: NodeRow, cell: str) -> node_pb2.Node:
+    """The API view of an ORM row whose ports and traits are loaded."""
+    return row_to_node(
+        row, [(p.mac, p.pxe_enabled) for p in row.ports], [t.trait for t in row.trait_rows], cell
+    )

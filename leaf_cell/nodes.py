@@ -8,10 +8,12 @@ rejected call changes nothing.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from types import SimpleNamespace
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Connection, Engine, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
@@ -28,7 +30,7 @@ from common.errors import (
 from common.listing import page_size, parse_filter, parse_order_by
 from common.names import ALL_CELLS, label_problem, parse_cell, parse_node_name
 from leaf_cell import queries
-from leaf_cell.convert import etag_of, row_to_node
+from leaf_cell.convert import etag_of, orm_to_node, row_to_node
 from leaf_cell.db.models import NodeRow, PortRow, TraitRow
 from leaf_cell.secrets import SecretBox
 from leaf_cell.states import DELETABLE, INITIAL, State
@@ -38,6 +40,9 @@ from rackcells.v1 import node_pb2, node_service_pb2
 __all__ = ["NodeStore"]
 
 _LOADS = (selectinload(NodeRow.ports), selectinload(NodeRow.trait_rows))
+_NODES = NodeRow.__table__
+_PORTS = PortRow.__table__
+_TRAITS = TraitRow.__table__
 
 
 def _now() -> datetime:
@@ -55,6 +60,7 @@ class NodeStore:
         clock: Callable[[], datetime] = _now,
     ) -> None:
         self.cell = cell
+        self._engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
         self._secrets = secrets
         self._clock = clock
@@ -115,6 +121,38 @@ class NodeStore:
         )
         return expires > self._clock()
 
+    def _fetch(self, conn: Connection, stmt: Any) -> list[node_pb2.Node]:
+        """Nodes for a Core select over ``nodes``, in its order."""
+        return self._hydrate(conn, conn.execute(stmt).all())
+
+    def _hydrate(
+        self, conn: Connection, rows: Sequence[Any], pks: Any = None
+    ) -> list[node_pb2.Node]:
+        """API nodes for ``nodes`` rows, with their ports and traits read in two queries.
+
+        ``pks`` may be a subquery selecting the rows' ids: a 1,000-value IN list costs more to
+        render than the query costs to run.
+        """
+        if not rows:
+            return []
+        if pks is None:
+            pks = [r.id for r in rows]
+        ports: dict[int, list[tuple[str, bool]]] = {}
+        for pk, mac, pxe in conn.execute(
+            select(_PORTS.c.node_pk, _PORTS.c.mac, _PORTS.c.pxe_enabled)
+            .where(_PORTS.c.node_pk.in_(pks))
+            .order_by(_PORTS.c.id)
+        ):
+            ports.setdefault(pk, []).append((mac, pxe))
+        traits: dict[int, list[str]] = {}
+        for pk, trait in conn.execute(
+            select(_TRAITS.c.node_pk, _TRAITS.c.trait)
+            .where(_TRAITS.c.node_pk.in_(pks))
+            .order_by(_TRAITS.c.trait)
+        ):
+            traits.setdefault(pk, []).append(trait)
+        return [row_to_node(r, ports.get(r.id, ()), traits.get(r.id, ()), self.cell) for r in rows]
+
     # -- flows -----------------------------------------------------------------------------
 
     def create(self, req: node_service_pb2.CreateNodeRequest) -> node_pb2.Node:
@@ -135,56 +173,79 @@ class NodeStore:
             raise InvalidArgument.of(violations)
         name = f"cells/{self.cell}/nodes/{req.node_id}"
         now = self._clock()
-        with self._sessions() as session, session.begin():
+        values = {
+            "uid": str(uuid.uuid4()),
+            "node_id": req.node_id,
+            "resource_class": node.resource_class,
+            "cpus": node.properties.cpus,
+            "memory_mb": node.properties.memory_mb,
+            "local_gb": node.properties.local_gb,
+            "cpu_arch": node.properties.cpu_arch,
+            "bmc_driver": node.bmc.driver,
+            "bmc_address": node.bmc.address,
+            "bmc_port": node.bmc.port,
+            "bmc_username": node.bmc.username,
+            "bmc_password_enc": (
+                self._secrets.encrypt(node.bmc.password) if node.bmc.password else None
+            ),
+            "power_state": "UNSPECIFIED",
+            "provision_state": INITIAL.value,
+            "target_provision_state": "UNSPECIFIED",
+            "maintenance": node.maintenance,
+            "maintenance_reason": node.maintenance_reason,
+            "last_error": "",
+            "instance_info": _instance_info(node),
+            "extra": dict(node.extra),
+            "allocation": "",
+            "create_time": now,
+            "update_time": now,
+            "provision_update_time": now,
+            "revision": 1,
+        }
+        # Fast path: insert and let the unique indexes object. Only when they do, look up which
+        # constraint it was, so the caller gets a precise ALREADY_EXISTS.
+        try:
+            with self._engine.begin() as conn:
+                pk = conn.execute(insert(_NODES).returning(_NODES.c.id), values).scalar_one()
+                if macs:
+                    conn.execute(
+                        insert(_PORTS),
+                        [
+                            {"node_pk": pk, "mac": mac, "pxe_enabled": port.pxe_enabled}
+                            for mac, port in zip(macs, node.ports, strict=True)
+                        ],
+                    )
+                if node.traits:
+                    conn.execute(
+                        insert(_TRAITS), [{"node_pk": pk, "trait": t} for t in node.traits]
+                    )
+            lock = dict.fromkeys(
+                ("lock_holder", "lock_purpose", "lock_since", "lock_expires", "power_sync_time")
+            )
+            created = SimpleNamespace(id=pk, last_deploy=None, **values, **lock)
+            return row_to_node(
+                created,
+                [(mac, port.pxe_enabled) for mac, port in zip(macs, node.ports, strict=True)],
+                list(node.traits),
+                self.cell,
+            )
+        except IntegrityError:
+            pass
+        with self._sessions() as session:
             if session.scalar(select(NodeRow.id).where(NodeRow.node_id == req.node_id)) is not None:
                 raise AlreadyExists(f"node {name} already exists", metadata={"node": name})
             self._check_macs_free(session, macs, None)
-            row = NodeRow(
-                uid=str(uuid.uuid4()),
-                node_id=req.node_id,
-                resource_class=node.resource_class,
-                cpus=node.properties.cpus,
-                memory_mb=node.properties.memory_mb,
-                local_gb=node.properties.local_gb,
-                cpu_arch=node.properties.cpu_arch,
-                bmc_driver=node.bmc.driver,
-                bmc_address=node.bmc.address,
-                bmc_port=node.bmc.port,
-                bmc_username=node.bmc.username,
-                bmc_password_enc=self._secrets.encrypt(node.bmc.password)
-                if node.bmc.password
-                else None,
-                power_state="UNSPECIFIED",
-                provision_state=INITIAL.value,
-                target_provision_state="UNSPECIFIED",
-                maintenance=node.maintenance,
-                maintenance_reason=node.maintenance_reason,
-                last_error="",
-                instance_info=_instance_info(node),
-                extra=dict(node.extra),
-                allocation="",
-                create_time=now,
-                update_time=now,
-                provision_update_time=now,
-                ports=[
-                    PortRow(mac=mac, pxe_enabled=port.pxe_enabled)
-                    for mac, port in zip(macs, node.ports, strict=True)
-                ],
-                trait_rows=[TraitRow(trait=t) for t in node.traits],
-            )
-            session.add(row)
-            try:
-                session.flush()
-            except IntegrityError:
-                raise AlreadyExists(
-                    f"node {name} or one of its MACs was enrolled concurrently; read and retry"
-                ) from None
-            return row_to_node(row, self.cell)
+        raise AlreadyExists(
+            f"node {name} or one of its MACs was enrolled concurrently; read and retry"
+        )
 
     def get(self, name: str) -> node_pb2.Node:
         node_id = self._node_id(name)
-        with self._sessions() as session:
-            return row_to_node(self._load(session, node_id, name), self.cell)
+        with self._engine.connect() as conn:
+            found = self._fetch(conn, select(_NODES).where(_NODES.c.node_id == node_id))
+        if not found:
+            raise NotFound(f"node {name} not found")
+        return found[0]
 
     def list_nodes(
         self, req: node_service_pb2.ListNodesRequest
@@ -194,16 +255,17 @@ class NodeStore:
         size = page_size(req.page_size)
         flt = parse_filter(req.filter)
         order = parse_order_by(req.order_by)
-        stmt = queries.apply_filter(select(NodeRow).options(*_LOADS), flt)
+        stmt = queries.apply_filter(select(_NODES), flt)
         if req.page_token:
             after = queries.decode_token(req.page_token, req.filter, order)
             stmt = stmt.where(queries.seek_after(order, after))
         stmt = queries.apply_order(stmt, order).limit(size + 1)
-        with self._sessions() as session:
-            rows = list(session.scalars(stmt))
-        response = node_service_pb2.ListNodesResponse(
-            nodes=[row_to_node(r, self.cell) for r in rows[:size]]
-        )
+        with self._engine.connect() as conn:
+            rows = conn.execute(stmt).all()
+            page_ids = stmt.with_only_columns(_NODES.c.id).limit(size).scalar_subquery()
+            response = node_service_pb2.ListNodesResponse(
+                nodes=self._hydrate(conn, rows[:size], page_ids)
+            )
         if len(rows) > size:
             response.next_page_token = queries.encode_token(
                 req.filter, order, queries.sort_values(rows[size - 1], order)
@@ -227,8 +289,8 @@ class NodeStore:
             touches_instance = any(p.partition(".")[0] == "instance_info" for p in paths)
             if touches_instance and row.provision_state in (State.DEPLOYING, State.WAIT_CALL_BACK):
                 raise FailedPrecondition(
-                        f"node {name} is {row.provision_state}; instance_info cannot change now"
-                    )
+                    f"node {name} is {row.provision_state}; instance_info cannot change now"
+                )
             if "ports" in paths:
                 self._check_macs_free(session, macs, row.id)
             self._apply(session, row, node, paths, macs)
@@ -243,7 +305,7 @@ class NodeStore:
                 raise AlreadyExists(
                     f"a MAC of node {name} was enrolled concurrently elsewhere; read and retry"
                 ) from None
-            return row_to_node(row, self.cell)
+            return orm_to_node(row, self.cell)
 
     def _apply(
         self, session: Session, row: NodeRow, node: node_pb2.Node, paths: set[str], macs: list[str]

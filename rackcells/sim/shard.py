@@ -85,6 +85,8 @@ class Shard:
         self._next_housekeeping = time.monotonic() + _HOUSEKEEPING_SECONDS
         self._errors = 0
         self._wake_read, self._wake_write = socket.socketpair()
+        self._wake_read.setblocking(False)
+        self._wake_write.setblocking(False)
 
     # -- BmcHost -------------------------------------------------------------------------
 
@@ -147,8 +149,6 @@ class Shard:
             self.bmcs[node.name] = bmc
             self.selector.register(sock, selectors.EVENT_READ, bmc)
         self.selector.register(self.conn, selectors.EVENT_READ, _CONTROL)
-        self._wake_read.setblocking(False)
-        self._wake_write.setblocking(False)
         self.selector.register(self._wake_read, selectors.EVENT_READ, _WAKEUP)
 
     def install_signal_handlers(self) -> None:

@@ -1,0 +1,167 @@
+"""Inventory at rack scale: enrol N nodes into one leaf over gRPC, then time reads.
+
+Prints one table: enrolment throughput, ListNodes page (1,000 nodes) and GetNode latency
+percentiles, database bytes per node and the leaf's peak RSS, each beside its target.
+
+    .venv/bin/python -m bench.inventory [--nodes 10000] [--concurrency 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import sqlite3
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+
+from bench.harness import percentile, peak_rss_mb, print_table, start_leaf
+from rackcells.v1 import node_pb2, node_service_pb2, node_service_pb2_grpc
+
+
+def _node(i: int) -> node_pb2.Node:
+    return node_pb2.Node(
+        resource_class="baremetal" if i % 4 else "gpu",
+        traits=["CUSTOM_RACK_R1", "HW_CPU_X86_AVX2"] if i % 2 else ["CUSTOM_RACK_R1"],
+        properties=node_pb2.NodeProperties(
+            cpus=64, memory_mb=262144, local_gb=960, cpu_arch="x86_64"
+        ),
+        bmc=node_pb2.BmcInfo(
+            driver="ipmi",
+            address=f"10.{i // 65536}.{i // 256 % 256}.{i % 256}",
+            username="admin",
+            password=f"bmc-secret-{i}",
+        ),
+        ports=[
+            node_pb2.Port(
+                mac=f"52:54:{i >> 24 & 255:02x}:{i >> 16 & 255:02x}:"
+                f"{i >> 8 & 255:02x}:{i & 255:02x}",
+                pxe_enabled=True,
+            ),
+        ],
+        extra={"rack": "r1", "slot": str(i % 42)},
+    )
+
+
+async def _enrol(endpoint: str, cell: str, count: int, concurrency: int) -> float:
+    async with grpc.aio.insecure_channel(endpoint) as channel:
+        stub = node_service_pb2_grpc.NodeServiceStub(channel)
+        queue: asyncio.Queue[int] = asyncio.Queue()
+        for i in range(count):
+            queue.put_nowait(i)
+
+        async def worker() -> None:
+            while not queue.empty():
+                i = queue.get_nowait()
+                await stub.CreateNode(
+                    node_service_pb2.CreateNodeRequest(
+                        parent=f"cells/{cell}", node_id=f"n{i:06d}", node=_node(i)
+                    )
+                )
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nodes", type=int, default=10_000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--page-rounds", type=int, default=5, help="full list scans to time")
+    parser.add_argument("--gets", type=int, default=2000)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="rackcells-bench-") as tmp:
+        workdir = Path(tmp)
+        db_path = workdir / "leaf.db"
+        leaf = start_leaf("rack-1", f"sqlite:///{db_path}", workdir)
+        try:
+            print(
+                f"enrolling {args.nodes} nodes into {leaf.endpoint} "
+                f"({args.concurrency} in flight)...",
+                flush=True,
+            )
+            enrol_s = asyncio.run(_enrol(leaf.endpoint, "rack-1", args.nodes, args.concurrency))
+            channel = grpc.insecure_channel(leaf.endpoint)
+            stub = node_service_pb2_grpc.NodeServiceStub(channel)
+            page_ms: list[float] = []
+            for _ in range(args.page_rounds):
+                token = ""
+                while True:
+                    t0 = time.perf_counter()
+                    resp = stub.ListNodes(
+                        node_service_pb2.ListNodesRequest(
+                            parent="cells/rack-1", page_size=1000, page_token=token
+                        )
+                    )
+                    page_ms.append((time.perf_counter() - t0) * 1000)
+                    token = resp.next_page_token
+                    if not token:
+                        break
+            filtered_ms: list[float] = []
+            for _ in range(args.page_rounds):
+                t0 = time.perf_counter()
+                stub.ListNodes(
+                    node_service_pb2.ListNodesRequest(
+                        parent="cells/rack-1",
+                        page_size=1000,
+                        filter='resource_class = "gpu" AND traits:"HW_CPU_X86_AVX2"',
+                    )
+                )
+                filtered_ms.append((time.perf_counter() - t0) * 1000)
+            rng = random.Random(7)
+            get_ms: list[float] = []
+            for _ in range(args.gets):
+                name = f"cells/rack-1/nodes/n{rng.randrange(args.nodes):06d}"
+                t0 = time.perf_counter()
+                stub.GetNode(node_service_pb2.GetNodeRequest(name=name))
+                get_ms.append((time.perf_counter() - t0) * 1000)
+            channel.close()
+            rss = peak_rss_mb(leaf.process.pid)
+        finally:
+            leaf.stop()
+        with sqlite3.connect(db_path) as conn:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            conn.execute("VACUUM")
+        db_bytes = db_path.stat().st_size
+        per_node = db_bytes / args.nodes
+        rate = args.nodes / enrol_s
+        scale = 10_000 / args.nodes
+        rows = [
+            (
+                "enrol (CreateNode over gRPC)",
+                f"{enrol_s:.1f} s ({rate:.0f}/s)",
+                f"<= {30 / scale:.0f} s",
+                "ok" if enrol_s <= 30 / scale else "MISSED",
+            ),
+            ("ListNodes page of 1000, p50", f"{percentile(page_ms, 50):.1f} ms", "", ""),
+            (
+                "ListNodes page of 1000, p95",
+                f"{percentile(page_ms, 95):.1f} ms",
+                "<= 150 ms",
+                "ok" if percentile(page_ms, 95) <= 150 else "MISSED",
+            ),
+            ("ListNodes filtered page, p50", f"{percentile(filtered_ms, 50):.1f} ms", "", ""),
+            ("GetNode p50", f"{percentile(get_ms, 50):.2f} ms", "", ""),
+            ("GetNode p95", f"{percentile(get_ms, 95):.2f} ms", "", ""),
+            (
+                "database bytes per node",
+                f"{per_node:.0f} B ({db_bytes / 2**20:.1f} MiB total)",
+                "<= 4096 B",
+                "ok" if per_node <= 4096 else "MISSED",
+            ),
+            ("leaf peak RSS", f"{rss:.0f} MiB", "", ""),
+        ]
+        print_table(
+            f"inventory: {args.nodes} nodes, one leaf, SQLite",
+            ("measure", "figure", "target", ""),
+            rows,
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""The connection to one rackcells endpoint and the settings every command shares.
+
+A leaf cell and the top cell serve the same API, so the CLI only ever needs one endpoint; the
+cell is part of each resource name, not of the connection. The channel is opened lazily so
+that usage errors (a bare node id without a cell, a malformed import file) are reported
+without touching the network.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc  # type: ignore[import-untyped,unused-ignore]
+from google.longrunning import operations_pb2_grpc
+
+from rackcells.cli.names import NodeRef, cell_parent, node_ref
+from rackcells.cli.output import OutputFormat
+from rackcells.v1 import node_service_pb2_grpc
+
+__all__ = [
+    "DEFAULT_ENDPOINT",
+    "DEFAULT_TIMEOUT",
+    "ENV_CELL",
+    "ENV_ENDPOINT",
+    "Session",
+]
+
+ENV_ENDPOINT = "RACKCELLS_ENDPOINT"
+ENV_CELL = "RACKCELLS_CELL"
+DEFAULT_ENDPOINT = "127.0.0.1:7001"
+DEFAULT_TIMEOUT = 30.0
+
+# A page of 1000 nodes with every field set is well under this; the default 4 MiB is not
+# always enough once extra and traits grow.
+_MAX_MESSAGE = 64 * 1024 * 1024
+
+
+@dataclass
+class Session:
+    """What a command needs: where to connect, the default cell, deadline and output format.
+
+    ``nodes`` and ``operations`` may be replaced by test doubles; otherwise they are created on
+    first use over one shared channel.
+    """
+
+    endpoint: str = DEFAULT_ENDPOINT
+    cell: str | None = None
+    timeout: float = DEFAULT_TIMEOUT
+    output: OutputFormat = "table"
+    # Whether stderr is a terminal: progress lines that redraw in place only make sense there.
+    interactive: bool = False
+    _channel: Any = field(default=None, repr=False)
+    _nodes: Any = field(default=None, repr=False)
+    _operations: Any = field(default=None, repr=False)
+
+    @classmethod
+    def from_settings(
+        cls,
+        endpoint: str | None,
+        cell: str | None,
+        timeout: float | None,
+        output: OutputFormat | None,
+    ) -> Session:
+        """Flags first, then ``RACKCELLS_ENDPOINT`` / ``RACKCELLS_CELL``, then the defaults."""
+        return cls(
+            endpoint=endpoint or os.environ.get(ENV_ENDPOINT) or DEFAULT_ENDPOINT,
+            cell=cell or os.environ.get(ENV_CELL) or None,
+            timeout=timeout if timeout is not None else DEFAULT_TIMEOUT,
+            output=output or "table",
+            interactive=sys.stderr.isatty(),
+        )
+
+    @property
+    def json(self) -> bool:
+        """Whether the operator asked for machine-readable output."""
+        return self.output == "json"
+
+    def channel(self) -> Any:
+        """The shared channel, opened on first use."""
+        if self._channel is None:
+            self._channel = grpc.insecure_channel(
+                self.endpoint,
+                options=[
+                    ("grpc.max_receive_message_length", _MAX_MESSAGE),
+                    ("grpc.max_send_message_length", _MAX_MESSAGE),
+                ],
+            )
+        return self._channel
+
+    @property
+    def nodes(self) -> node_service_pb2_grpc.NodeServiceStub:
+        """The NodeService of the endpoint."""
+        if self._nodes is None:
+            self._nodes = node_service_pb2_grpc.NodeServiceStub(self.channel())
+        return self._nodes
+
+    @property
+    def operations(self) -> operations_pb2_grpc.OperationsStub:
+        """The ``google.longrunning.Operations`` service of the same endpoint.
+
+        Operations live in the leaf that runs them and the top routes them by name, so the
+        endpoint that started an operation can always answer for it.
+        """
+        if self._operations is None:
+            self._operations = operations_pb2_grpc.OperationsStub(self.channel())
+        return self._operations
+
+    def node(self, text: str) -> NodeRef:
+        """Resolves a node argument against ``--cell``."""
+        return node_ref(text, self.cell)
+
+    def list_parent(self) -> str:
+        """``cells/{cell}`` with a cell, ``cells/-`` (every cell the endpoint serves) without."""
+        return cell_parent(self.cell)
+
+    def close(self) -> None:
+        """Closes the channel if one was opened."""
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None

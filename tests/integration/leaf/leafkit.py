@@ -1,0 +1,269 @@
+"""Helpers for the leaf NodeService tests: node builders, error unpacking, DB access.
+
+Imported by the test modules of this directory (pytest puts the directory on sys.path).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import message as pb_message
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+from sqlalchemy import create_engine, func, select, update
+from sqlalchemy.orm import Session
+from sqlalchemy.pool import NullPool
+
+from leaf_cell.db.models import Base, NodeRow
+from rackcells.v1 import node_pb2, node_service_pb2, node_service_pb2_grpc
+
+CELL = "rack-1"
+PARENT = f"cells/{CELL}"
+LEAF_BIN = str(Path(sys.executable).with_name("rackcells-leaf"))
+
+
+def node_name(node_id: str, cell: str = CELL) -> str:
+    return f"cells/{cell}/nodes/{node_id}"
+
+
+def valid_node(**fields: Any) -> node_pb2.Node:
+    """A node that passes validation (ipmi BMC with an address, no ports); ``fields`` override."""
+    values: dict[str, Any] = {
+        "resource_class": "baremetal",
+        "properties": node_pb2.NodeProperties(
+            cpus=16, memory_mb=65536, local_gb=480, cpu_arch="x86_64"
+        ),
+        "bmc": node_pb2.BmcInfo(driver="ipmi", address="10.1.0.10", port=623, username="admin"),
+    }
+    values.update(fields)
+    return node_pb2.Node(**values)
+
+
+def ports(*macs: str, pxe: bool = True) -> list[node_pb2.Port]:
+    return [node_pb2.Port(mac=m, pxe_enabled=pxe) for m in macs]
+
+
+def rpc_error(call: Callable[[Any], Any], request: Any) -> grpc.RpcError:
+    """Calls ``call(request)``, which must fail; returns the error."""
+    with pytest.raises(grpc.RpcError) as info:
+        call(request)
+    return info.value
+
+
+def expect_error(code: grpc.StatusCode, call: Callable[[Any], Any], request: Any) -> grpc.RpcError:
+    """Calls ``call(request)`` and checks that it fails with ``code``; returns the error."""
+    err = rpc_error(call, request)
+    assert err.code() == code, f"expected {code.name}, got {err.code().name}: {err.details()}"
+    return err
+
+
+def _details(err: grpc.RpcError, kind: type[pb_message.Message]) -> list[Any]:
+    status = rpc_status.from_call(err)  # type: ignore[arg-type]
+    if status is None:
+        return []
+    found = []
+    for detail in status.details:
+        if detail.Is(kind.DESCRIPTOR):
+            msg = kind()
+            detail.Unpack(msg)
+            found.append(msg)
+    return found
+
+
+def violation_fields(err: grpc.RpcError) -> list[str]:
+    """The ``field`` of every ``google.rpc.BadRequest`` field violation carried by ``err``."""
+    return [
+        v.field for bad in _details(err, error_details_pb2.BadRequest) for v in bad.field_violations
+    ]
+
+
+def error_info(err: grpc.RpcError) -> error_details_pb2.ErrorInfo:
+    infos = _details(err, error_details_pb2.ErrorInfo)
+    assert len(infos) == 1, f"expected one ErrorInfo detail, got {infos}"
+    return infos[0]
+
+
+def without(node: node_pb2.Node, *fields: str) -> node_pb2.Node:
+    """A copy of ``node`` with ``fields`` cleared, for "everything else unchanged" checks."""
+    copy = node_pb2.Node()
+    copy.CopyFrom(node)
+    for field in fields:
+        copy.ClearField(field)
+    return copy
+
+
+class LeafClient:
+    """A synchronous client of one leaf, plus direct access to the leaf's database."""
+
+    cell = CELL
+    parent = PARENT
+
+    def __init__(self, port: int, db_url: str, key_file: Path) -> None:
+        self.port = port
+        self.db_url = db_url
+        self.key_file = key_file
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        self.stub = node_service_pb2_grpc.NodeServiceStub(self.channel)
+        self.engine = create_engine(db_url, poolclass=NullPool)
+
+    def close(self) -> None:
+        self.channel.close()
+        self.engine.dispose()
+
+    # -- API shortcuts ----------------------------------------------------------------------
+
+    def create(self, node_id: str, node: node_pb2.Node | None = None) -> node_pb2.Node:
+        return self.stub.CreateNode(
+            node_service_pb2.CreateNodeRequest(
+                parent=self.parent, node_id=node_id, node=node if node is not None else valid_node()
+            )
+        )
+
+    def get(self, node_id: str) -> node_pb2.Node:
+        return self.stub.GetNode(node_service_pb2.GetNodeRequest(name=node_name(node_id)))
+
+    def list_pages(self, **request: Any) -> Iterator[node_service_pb2.ListNodesResponse]:
+        """Every page of a listing, following next_page_token until it is empty."""
+        request.setdefault("parent", self.parent)
+        token = ""
+        for _ in range(10_000):
+            page = self.stub.ListNodes(node_service_pb2.ListNodesRequest(page_token=token, **request))
+            yield page
+            token = page.next_page_token
+            if not token:
+                return
+        raise AssertionError("listing never ended")
+
+    def list_ids(self, **request: Any) -> list[str]:
+        """The node ids of a whole listing, in the order returned."""
+        return [n.name.rsplit("/", 1)[1] for page in self.list_pages(**request) for n in page.nodes]
+
+    # -- database ----------------------------------------------------------------------------
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with Session(self.engine) as session, session.begin():
+            yield session
+
+    def row(self, node_id: str) -> NodeRow | None:
+        with Session(self.engine, expire_on_commit=False) as session:
+            return session.scalars(select(NodeRow).where(NodeRow.node_id == node_id)).one_or_none()
+
+    def set_columns(self, node_id: str, **values: Any) -> None:
+        """Writes columns of a node's row directly (as the conductor will), bypassing the API."""
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                update(NodeRow.__table__).where(NodeRow.__table__.c.node_id == node_id).values(**values)
+            )
+            assert result.rowcount == 1, f"no row for node {node_id}"
+
+    def count_nodes(self) -> int:
+        with Session(self.engine) as session:
+            return session.scalar(select(func.count()).select_from(NodeRow)) or 0
+
+    def snapshot(self) -> dict[str, list[str]]:
+        """Every row of every leaf table, for "a rejected call changes nothing" checks."""
+        dump: dict[str, list[str]] = {}
+        with self.engine.connect() as conn:
+            for table in Base.metadata.sorted_tables:
+                dump[table.name] = sorted(repr(tuple(r)) for r in conn.execute(select(table)))
+        return dump
+
+    def seed(self, count: int = 0, rows: list[dict[str, Any]] | None = None) -> None:
+        """Inserts nodes straight into the database (fast; skips the API's validation).
+
+        ``count`` nodes named ``n-0000``…, or one node per dict of column overrides in ``rows``
+        (each needs a ``node_id``).
+        """
+        specs = rows if rows is not None else [{"node_id": f"n-{i:04d}"} for i in range(count)]
+        now = datetime.now(UTC)
+        with self.session() as session:
+            for spec in specs:
+                values: dict[str, Any] = {
+                    "uid": str(uuid.uuid4()),
+                    "resource_class": "baremetal",
+                    "bmc_driver": "fake",
+                    "provision_state": "ENROLL",
+                    "create_time": now,
+                    "update_time": now,
+                    "provision_update_time": now,
+                    "cpus": 0,
+                    "memory_mb": 0,
+                    "local_gb": 0,
+                    "cpu_arch": "",
+                    "bmc_address": "",
+                    "bmc_port": 0,
+                    "bmc_username": "",
+                    "power_state": "UNSPECIFIED",
+                    "target_provision_state": "UNSPECIFIED",
+                    "maintenance": False,
+                    "maintenance_reason": "",
+                    "last_error": "",
+                    "instance_info": {},
+                    "extra": {},
+                    "allocation": "",
+                }
+                values.update(spec)
+                session.add(NodeRow(**values))
+
+
+class LeafProcess:
+    """``rackcells-leaf serve`` as a child process, its stderr in a file."""
+
+    def __init__(self, args: list[str], tmp_path: Path, env: dict[str, str] | None = None) -> None:
+        self.port_file = tmp_path / f"leaf-{id(self)}.port"
+        self.stderr_path = tmp_path / f"leaf-{id(self)}.stderr"
+        child_env = {k: v for k, v in os.environ.items() if not k.startswith("RACKCELLS_LEAF_")}
+        child_env.update(env or {})
+        self._stderr = self.stderr_path.open("wb")
+        self.proc = subprocess.Popen(
+            [LEAF_BIN, "serve", *args, "--port-file", str(self.port_file)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=self._stderr,
+            env=child_env,
+        )
+        self.port = 0
+
+    def wait_ready(self, limit: float = 60.0) -> int:
+        """Waits until the leaf has written its port file; returns the port."""
+        # Waits for readiness (the port file is written once the server is healthy); the limit
+        # only stops a broken start from hanging the suite, it is not what the tests check.
+        give_up = time.monotonic() + limit
+        while time.monotonic() < give_up:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"rackcells-leaf exited with {self.proc.returncode}:\n{self.stderr()}")
+            text = self.port_file.read_text() if self.port_file.exists() else ""
+            if text.endswith("\n"):
+                self.port = int(text)
+                return self.port
+            time.sleep(0.05)
+        raise AssertionError(f"rackcells-leaf did not write its port file:\n{self.stderr()}")
+
+    def stderr(self) -> str:
+        self._stderr.flush()
+        return self.stderr_path.read_text(errors="replace")
+
+    def stop(self) -> int:
+        """SIGTERM, then the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._stderr.close()
+        return self.proc.returncode
