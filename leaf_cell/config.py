@@ -31,13 +31,38 @@ class LeafConfig:
     workers: int = setting(8, "threads that run blocking database work for the gRPC handlers")
     port_file: str = setting("", "write the bound gRPC port to this file once serving")
     log_level: str = setting("INFO", "log level: DEBUG, INFO, WARNING, ERROR")
+    bmc_timeout: float = setting(5.0, "seconds one BMC call may take before it counts as failed")
+    bmc_workers: int = setting(
+        64, "threads for blocking BMC calls (the most BMCs talked to at once)"
+    )
+    lock_lease_seconds: float = setting(300.0, "node lock lease; a lease not renewed runs out")
+    power_sync_interval: float = setting(
+        60.0, "seconds between power-sync sweeps over the cell's nodes (0 turns the sweep off)"
+    )
+    power_sync_concurrency: int = setting(64, "BMCs the power sweep reads at once")
+    power_sync_jitter: float = setting(
+        0.1, "each sweep starts up to this fraction of the interval late, so cells do not align"
+    )
+    power_sync_policy: str = setting(
+        "accept",
+        "what the sweep does when a power state changed out of band: accept (record it) or "
+        "enforce (set it back to the state on record)",
+    )
 
     def __post_init__(self) -> None:
         problem = label_problem(self.cell)
         if problem:
             raise ConfigError(f"cell: {problem}")
-        if self.workers < 1 or self.db_pool_size < 1:
-            raise ConfigError("workers and db_pool_size must be at least 1")
+        if self.workers < 1 or self.db_pool_size < 1 or self.bmc_workers < 1:
+            raise ConfigError("workers, db_pool_size and bmc_workers must be at least 1")
+        if self.power_sync_policy not in ("accept", "enforce"):
+            raise ConfigError(
+                f"power_sync_policy: {self.power_sync_policy!r} is not accept or enforce"
+            )
+        if self.bmc_timeout <= 0 or self.power_sync_interval < 0 or self.power_sync_concurrency < 1:
+            raise ConfigError(
+                "bmc_timeout must be > 0, power_sync_interval >= 0, power_sync_concurrency >= 1"
+            )
 
     def key_path(self) -> Path | None:
         """Where the secret key lives; None means an in-memory database with a throw-away key."""

@@ -7,8 +7,8 @@ carry ``password_set`` instead.
 from __future__ import annotations
 
 import hashlib
-from datetime import UTC, datetime
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from google.protobuf import duration_pb2, timestamp_pb2

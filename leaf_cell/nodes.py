@@ -8,12 +8,12 @@ rejected call changes nothing.
 from __future__ import annotations
 
 import uuid
-from types import SimpleNamespace
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
-from sqlalchemy import Connection, Engine, insert, select
+from sqlalchemy import Connection, Engine, Table, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
@@ -40,9 +40,9 @@ from rackcells.v1 import node_pb2, node_service_pb2
 __all__ = ["NodeStore"]
 
 _LOADS = (selectinload(NodeRow.ports), selectinload(NodeRow.trait_rows))
-_NODES = NodeRow.__table__
-_PORTS = PortRow.__table__
-_TRAITS = TraitRow.__table__
+_NODES = cast(Table, NodeRow.__table__)
+_PORTS = cast(Table, PortRow.__table__)
+_TRAITS = cast(Table, TraitRow.__table__)
 
 
 def _now() -> datetime:

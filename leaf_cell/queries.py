@@ -54,7 +54,7 @@ def apply_order(stmt: Select[Any], order: OrderBy) -> Select[Any]:
     )
 
 
-def sort_values(row: NodeRow, order: OrderBy) -> list[Any]:
+def sort_values(row: Any, order: OrderBy) -> list[Any]:
     """The row's sort-key values in JSON-safe form, for the next page token."""
     values: list[Any] = []
     for key in order.keys:

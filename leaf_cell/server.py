@@ -7,18 +7,27 @@ import logging
 import signal
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import grpc
 from cryptography.fernet import Fernet
+from google.longrunning import operations_pb2_grpc
 from grpc_health.v1 import health
 from sqlalchemy import Engine
 
 from common.db import make_engine
 from common.server import ServiceBinding, build_server, mark_not_serving, mark_serving
+from common.telemetry import setup_telemetry
+from leaf_cell.conductor import Conductor
 from leaf_cell.config import LeafConfig
 from leaf_cell.db.migrate import upgrade
+from leaf_cell.locks import NodeLocks
+from leaf_cell.node_status import StatusStore
 from leaf_cell.nodes import NodeStore
+from leaf_cell.operations import OperationStore
+from leaf_cell.operations_servicer import OperationsServicer
+from leaf_cell.power_sync import PowerSync
 from leaf_cell.secrets import SecretBox, load_or_create_key
 from leaf_cell.servicer import NodeServicer
 from rackcells.v1 import node_service_pb2, node_service_pb2_grpc
@@ -28,6 +37,7 @@ __all__ = ["LeafServer", "run"]
 log = logging.getLogger(__name__)
 
 NODE_SERVICE = node_service_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name
+OPERATIONS_SERVICE = "google.longrunning.Operations"
 
 
 @dataclass
@@ -41,10 +51,13 @@ class LeafServer:
     engine: Engine
     executor: ThreadPoolExecutor
     services: tuple[str, ...]
+    conductor: Conductor
+    power_sync: PowerSync
 
     async def stop(self, grace: float = 5.0) -> None:
         await mark_not_serving(self.health, self.services)
         await self.server.stop(grace)
+        await self.conductor.stop()
         self.executor.shutdown(wait=True, cancel_futures=True)
         self.engine.dispose()
 
@@ -59,14 +72,37 @@ async def start(config: LeafConfig) -> LeafServer:
     engine = make_engine(config.db, pool_size=config.db_pool_size)
     loop = asyncio.get_running_loop()
     await loop.run_in_executor(None, upgrade, engine)
-    store = NodeStore(engine, config.cell, _secret_box(config))
+    setup_telemetry(f"rackcells-leaf-{config.cell}")
+    secrets = _secret_box(config)
     executor = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="leaf-db")
+    conductor = Conductor(
+        config=config,
+        nodes=NodeStore(engine, config.cell, secrets),
+        status=StatusStore(engine, config.cell, secrets),
+        locks=NodeLocks(
+            engine,
+            config.cell,
+            holder=f"conductor/{config.cell}",
+            lease=timedelta(seconds=config.lock_lease_seconds),
+        ),
+        operations=OperationStore(engine, config.cell),
+        db_executor=executor,
+    )
+    await conductor.recover()
+    power_sync = PowerSync(conductor)
+    if config.power_sync_interval > 0:
+        conductor.spawn(power_sync.run_forever(), name="power sync")
     bindings = [
         ServiceBinding(
             NODE_SERVICE,
-            NodeServicer(store, executor),
+            NodeServicer(conductor),
             node_service_pb2_grpc.add_NodeServiceServicer_to_server,
-        )
+        ),
+        ServiceBinding(
+            OPERATIONS_SERVICE,
+            OperationsServicer(conductor),
+            operations_pb2_grpc.add_OperationsServicer_to_server,
+        ),
     ]
     server, port, health_servicer = build_server(config.listen, bindings)
     await server.start()
@@ -80,7 +116,9 @@ async def start(config: LeafConfig) -> LeafServer:
         port,
         engine.url.render_as_string(hide_password=True),
     )
-    return LeafServer(config, server, port, health_servicer, engine, executor, services)
+    return LeafServer(
+        config, server, port, health_servicer, engine, executor, services, conductor, power_sync
+    )
 
 
 async def run(config: LeafConfig) -> None:

@@ -27,7 +27,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-__all__ = ["Base", "NodeRow", "PortRow", "TraitRow"]
+__all__ = ["Base", "EventRow", "NodeRow", "OperationRow", "PortRow", "TraitRow"]
 
 
 class Base(DeclarativeBase):
@@ -105,3 +105,39 @@ class TraitRow(Base):
     trait: Mapped[str] = mapped_column(String(255), primary_key=True)
 
     __table_args__ = (Index("ix_node_traits_trait", "trait"),)
+
+
+class OperationRow(Base):
+    """A long-running operation (AIP-151), kept in the leaf that runs it."""
+
+    __tablename__ = "operations"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    node_pk: Mapped[int | None] = mapped_column(
+        ForeignKey("nodes.id", ondelete="SET NULL"), nullable=True, index=True
+    )
+    node_id: Mapped[str] = mapped_column(String(63))
+    action: Mapped[str] = mapped_column(String(24))
+    done: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
+    phase: Mapped[str] = mapped_column(String(32), default="")
+    percent: Mapped[int] = mapped_column(Integer, default=0)
+    queue_position: Mapped[int] = mapped_column(Integer, default=0)
+    error_code: Mapped[int] = mapped_column(Integer, default=0)
+    error_message: Mapped[str] = mapped_column(Text, default="")
+    create_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    update_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class EventRow(Base):
+    """Something that happened to a node: a transition, an out-of-band power change, a failure.
+
+    The id is a cell-wide, increasing revision, so a watcher can resume after the last one seen.
+    """
+
+    __tablename__ = "node_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    node_id: Mapped[str] = mapped_column(String(63), index=True)
+    time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    kind: Mapped[str] = mapped_column(String(32))
+    detail: Mapped[str] = mapped_column(Text, default="")

@@ -11,9 +11,8 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Any
 
-import grpc  # type: ignore[import-untyped,unused-ignore]
+import grpc
 from google.longrunning import operations_pb2_grpc
 
 from rackcells.cli.names import NodeRef, cell_parent, node_ref
@@ -52,9 +51,9 @@ class Session:
     output: OutputFormat = "table"
     # Whether stderr is a terminal: progress lines that redraw in place only make sense there.
     interactive: bool = False
-    _channel: Any = field(default=None, repr=False)
-    _nodes: Any = field(default=None, repr=False)
-    _operations: Any = field(default=None, repr=False)
+    _channel: grpc.Channel | None = field(default=None, repr=False)
+    _nodes: node_service_pb2_grpc.NodeServiceStub | None = field(default=None, repr=False)
+    _operations: operations_pb2_grpc.OperationsStub | None = field(default=None, repr=False)
 
     @classmethod
     def from_settings(
@@ -78,7 +77,7 @@ class Session:
         """Whether the operator asked for machine-readable output."""
         return self.output == "json"
 
-    def channel(self) -> Any:
+    def channel(self) -> grpc.Channel:
         """The shared channel, opened on first use."""
         if self._channel is None:
             self._channel = grpc.insecure_channel(

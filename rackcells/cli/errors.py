@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import grpc  # type: ignore[import-untyped,unused-ignore]
+import grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
@@ -66,9 +66,9 @@ class RpcFailure:
     from_server: bool = False
 
 
-def _unpack_details(details: list[any_pb2.Any]) -> tuple[
-    tuple[tuple[str, str], ...], str, dict[str, str]
-]:
+def _unpack_details(
+    details: list[any_pb2.Any],
+) -> tuple[tuple[tuple[str, str], ...], str, dict[str, str]]:
     violations: list[tuple[str, str]] = []
     reason = ""
     metadata: dict[str, str] = {}

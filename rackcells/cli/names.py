@@ -63,7 +63,9 @@ def node_ref(text: str, cell: str | None) -> NodeRef:
             raise UsageError(f"node id {parts[3]!r} is not an RFC 1123 label")
         return NodeRef(parts[1], parts[3])
     if "/" in text:
-        raise UsageError(f"{text!r} is neither a node id nor a name of the form cells/CELL/nodes/NODE")
+        raise UsageError(
+            f"{text!r} is neither a node id nor a name of the form cells/CELL/nodes/NODE"
+        )
     if not is_label(text):
         raise UsageError(
             f"node id {text!r} is not an RFC 1123 label "

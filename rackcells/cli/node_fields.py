@@ -31,6 +31,7 @@ __all__ = [
     "normalize_mac",
     "parse_key_value",
     "parse_port",
+    "positive_int",
     "read_password",
 ]
 
@@ -43,6 +44,17 @@ _PROPERTY_FLAGS = (
     ("memory_mb", "memory-mb", "memory in MiB"),
     ("local_gb", "local-gb", "root disk size in GiB"),
 )
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def normalize_mac(text: str) -> str | None:
@@ -86,7 +98,11 @@ def parse_key_value(text: str, flag: str) -> tuple[str, str]:
 
 
 def read_password(path: str) -> str:
-    """The password in ``path`` (``-`` reads stdin), without its trailing newline."""
+    """The password in ``path`` (``-`` reads stdin), without its trailing newline.
+
+    Errors leave the path out: an operator who typed the password where the path belongs
+    must not see it echoed back into a terminal log.
+    """
     try:
         if path == "-":
             text = sys.stdin.read()
@@ -94,18 +110,40 @@ def read_password(path: str) -> str:
             with open(path, encoding="utf-8") as f:
                 text = f.read()
     except OSError as exc:
-        raise UsageError(f"cannot read the BMC password file {path}: {exc.strerror}") from None
+        raise UsageError(f"--bmc-password-file: cannot read the file ({exc.strerror})") from None
     except UnicodeDecodeError:
-        raise UsageError(f"the BMC password file {path} is not UTF-8 text") from None
+        raise UsageError("--bmc-password-file: the file is not UTF-8 text") from None
     password = text.removesuffix("\n").removesuffix("\r")
     if not password:
-        raise UsageError(f"the BMC password file {path} is empty")
+        raise UsageError("--bmc-password-file: the file is empty")
     return password
+
+
+class _RefusePlainPassword(argparse.Action):
+    """Rejects ``--bmc-password VALUE`` without echoing VALUE.
+
+    Without this option argparse would report "unrecognized arguments: --bmc-password
+    VALUE", printing the password it was just handed.
+    """
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        parser.error(
+            f"{option_string} is not accepted (it would leave the password in shell history "
+            f"and the process list): set {ENV_BMC_PASSWORD} or use --bmc-password-file"
+        )
 
 
 def add_bmc_and_property_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags shared by create and update: scheduling class, BMC access and hardware."""
-    parser.add_argument("--resource-class", metavar="RC", help="scheduling class (default baremetal)")
+    parser.add_argument(
+        "--resource-class", metavar="RC", help="scheduling class (default baremetal)"
+    )
     bmc = parser.add_argument_group("BMC")
     bmc.add_argument("--bmc-driver", choices=("ipmi", "fake"), help="power driver (default ipmi)")
     bmc.add_argument("--bmc-address", metavar="A", help="BMC host name or IP address")
@@ -114,8 +152,11 @@ def add_bmc_and_property_arguments(parser: argparse.ArgumentParser) -> None:
     bmc.add_argument(
         "--bmc-password-file",
         metavar="F",
-        help=f"read the BMC password from file F ('-' for stdin); {ENV_BMC_PASSWORD} is the "
-        "alternative. The password is never shown.",
+        help=f"read the BMC password from file F ('-' for stdin); create also reads "
+        f"{ENV_BMC_PASSWORD}, update with --bmc-password-from-env. Never shown.",
+    )
+    bmc.add_argument(
+        "--bmc-password", nargs="?", action=_RefusePlainPassword, help=argparse.SUPPRESS
     )
     hw = parser.add_argument_group("hardware properties")
     for dest, flag, text in _PROPERTY_FLAGS:
@@ -255,9 +296,7 @@ def _check_maintenance(args: argparse.Namespace) -> None:
         raise UsageError("--reason only goes with --maintenance on")
 
 
-def build_update(
-    args: argparse.Namespace, name: str, current: node_pb2.Node | None
-) -> Update:
+def build_update(args: argparse.Namespace, name: str, current: node_pb2.Node | None) -> Update:
     """The Node (with ``name`` and, when given or read, the etag) and the changed paths.
 
     ``current`` is the node as just read when :func:`needs_current_node` says so; its etag is
@@ -293,8 +332,11 @@ def build_update(
     if args.reason is not None:
         node.maintenance_reason = args.reason
         paths.append("maintenance_reason")
-    for flag, attr in (("image", "image_url"), ("checksum", "image_checksum"),
-                       ("root_device", "root_device")):
+    for flag, attr in (
+        ("image", "image_url"),
+        ("checksum", "image_checksum"),
+        ("root_device", "root_device"),
+    ):
         value = getattr(args, flag)
         if value is not None:
             setattr(node.instance_info, attr, value)

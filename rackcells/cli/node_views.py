@@ -49,7 +49,7 @@ _ERROR_WIDTH = 40
 def provision_label(state: int) -> str:
     """``PROVISION_STATE_WAIT_CALL_BACK`` → ``wait-call-back``."""
     try:
-        name = node_pb2.ProvisionState.Name(state)  # type: ignore[arg-type]
+        name = node_pb2.ProvisionState.Name(node_pb2.ProvisionState.ValueType(state))
     except ValueError:
         return str(state)
     return enum_label(name, "PROVISION_STATE_")
@@ -58,7 +58,7 @@ def provision_label(state: int) -> str:
 def power_label(state: int) -> str:
     """``POWER_STATE_ON`` → ``on``; never read → ``-``."""
     try:
-        name = node_pb2.PowerState.Name(state)  # type: ignore[arg-type]
+        name = node_pb2.PowerState.Name(node_pb2.PowerState.ValueType(state))
     except ValueError:
         return str(state)
     return enum_label(name, "POWER_STATE_")
@@ -173,9 +173,10 @@ def render_node(node: node_pb2.Node, now: datetime | None = None) -> str:
         ("traits", "\n".join(node.traits)),
         ("properties", _properties(node)),
         ("bmc", _bmc(node)),
-        ("ports", "\n".join(
-            f"{p.mac} ({'pxe' if p.pxe_enabled else 'no pxe'})" for p in node.ports
-        )),
+        (
+            "ports",
+            "\n".join(f"{p.mac} ({'pxe' if p.pxe_enabled else 'no pxe'})" for p in node.ports),
+        ),
         ("instance", _instance(node)),
         ("extra", "\n".join(f"{k}={v}" for k, v in sorted(node.extra.items()))),
         ("allocation", node.allocation),

@@ -22,6 +22,7 @@ from rackcells.cli.node_fields import (
     build_create_node,
     build_update,
     needs_current_node,
+    positive_int,
 )
 from rackcells.cli.node_views import render_node, render_node_list
 from rackcells.cli.output import message_to_dict, print_json, warn
@@ -35,7 +36,6 @@ __all__ = [
     "cmd_show",
     "cmd_update",
     "list_nodes",
-    "positive_int",
     "register",
 ]
 
@@ -43,17 +43,6 @@ __all__ = [
 DEFAULT_LIST_LIMIT = 1000
 # Server pages are capped at 1000; 500 keeps each answer small and the first row quick.
 _PAGE_SIZE = 500
-
-
-def positive_int(text: str) -> int:
-    """An argparse type: an integer of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def cmd_create(session: Session, args: argparse.Namespace) -> int:
@@ -204,27 +193,53 @@ def register(
     create.add_argument("name", metavar="NAME", help=_NAME_HELP)
     add_bmc_and_property_arguments(create)
     create.add_argument(
-        "--mac", metavar="MAC[,nopxe]", action="append", default=[],
+        "--mac",
+        metavar="MAC[,nopxe]",
+        action="append",
+        default=[],
         help="a network port (repeat for more); nopxe: the node may not PXE-boot from it",
     )
-    create.add_argument("--trait", metavar="T", action="append", default=[],
-                        help="scheduling trait, e.g. CUSTOM_RACK_R1 (repeat for more)")
-    create.add_argument("--extra", metavar="K=V", action="append", default=[],
-                        help="free-form key/value (repeat for more)")
+    create.add_argument(
+        "--trait",
+        metavar="T",
+        action="append",
+        default=[],
+        help="scheduling trait, e.g. CUSTOM_RACK_R1 (repeat for more)",
+    )
+    create.add_argument(
+        "--extra",
+        metavar="K=V",
+        action="append",
+        default=[],
+        help="free-form key/value (repeat for more)",
+    )
     create.set_defaults(handler=cmd_create)
 
-    lst = commands.add_parser("list", parents=parents, help="list nodes",
-                              description="List the nodes of --cell, or of every cell the "
-                              "endpoint serves when no cell is given.")
-    lst.add_argument("--filter", metavar="EXPR",
-                     help='e.g. \'provision_state = AVAILABLE AND traits:"CUSTOM_RACK_R1"\'')
+    lst = commands.add_parser(
+        "list",
+        parents=parents,
+        help="list nodes",
+        description="List the nodes of --cell, or of every cell the "
+        "endpoint serves when no cell is given.",
+    )
+    lst.add_argument(
+        "--filter",
+        metavar="EXPR",
+        help="e.g. 'provision_state = AVAILABLE AND traits:\"CUSTOM_RACK_R1\"'",
+    )
     lst.add_argument("--order-by", metavar="EXPR", help="e.g. 'create_time desc'")
-    lst.add_argument("--page-size", metavar="N", type=positive_int,
-                     help=f"nodes per call (default {_PAGE_SIZE})")
+    lst.add_argument(
+        "--page-size", metavar="N", type=positive_int, help=f"nodes per call (default {_PAGE_SIZE})"
+    )
     lst.add_argument("--page-token", metavar="TOKEN", help="continue a previous listing")
     how_many = lst.add_mutually_exclusive_group()
-    how_many.add_argument("--limit", metavar="N", type=positive_int, default=DEFAULT_LIST_LIMIT,
-                          help=f"at most N nodes (default {DEFAULT_LIST_LIMIT})")
+    how_many.add_argument(
+        "--limit",
+        metavar="N",
+        type=positive_int,
+        default=DEFAULT_LIST_LIMIT,
+        help=f"at most N nodes (default {DEFAULT_LIST_LIMIT})",
+    )
     how_many.add_argument("--all", action="store_true", help="every node, however many")
     lst.set_defaults(handler=cmd_list)
 
@@ -233,7 +248,9 @@ def register(
     show.set_defaults(handler=cmd_show)
 
     update = commands.add_parser(
-        "update", parents=parents, help="change fields of a node",
+        "update",
+        parents=parents,
+        help="change fields of a node",
         description="Change fields of a node. Only the fields given are sent. Traits, extra "
         "and ports are read first and written back whole with the etag read, so a concurrent "
         "change fails with ABORTED instead of being lost.",

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import grpc  # type: ignore[import-untyped,unused-ignore]
+import grpc
 from google.longrunning import operations_pb2
 from google.protobuf import duration_pb2
 
@@ -101,12 +101,14 @@ def wait_operation(
                 sleep(min(2.0**unavailable / 4, 4.0))
                 continue
             raise
-        if on_progress is not None:
+        if on_progress is not None and not operation.done:
             on_progress(operation)
     return operation
 
 
-def metadata_of(operation: operations_pb2.Operation) -> node_service_pb2.ProvisionOperationMetadata | None:
+def metadata_of(
+    operation: operations_pb2.Operation,
+) -> node_service_pb2.ProvisionOperationMetadata | None:
     """The ProvisionOperationMetadata of ``operation``, or None if it carries none."""
     if not operation.HasField("metadata"):
         return None
@@ -137,7 +139,9 @@ def operation_node(operation: operations_pb2.Operation) -> node_pb2.Node | None:
     caller then reads the node itself.
     """
     if operation.HasField("error"):
-        raise OperationFailed(f"operation {operation.name} failed: {describe_status(operation.error)}")
+        raise OperationFailed(
+            f"operation {operation.name} failed: {describe_status(operation.error)}"
+        )
     if not operation.HasField("response"):
         return None
     node = node_pb2.Node()

@@ -110,7 +110,7 @@ def _ago(seconds: float) -> str:
 
 
 def format_time(ts: timestamp_pb2.Timestamp, now: datetime | None = None) -> str:
-    """UTC time to the second with its age, e.g. ``2025-01-02 03:04:05Z (3m ago)``; unset → ``-``."""
+    """UTC time to the second and its age: ``2025-01-02 03:04:05Z (3m ago)``; unset → ``-``."""
     if not ts.seconds and not ts.nanos:
         return NONE
     when = ts.ToDatetime(tzinfo=UTC)

@@ -261,6 +261,7 @@ class SimBmc(pyghmi_bmc.Bmc):  # type: ignore[misc]
         # extended capabilities, non-null user names, IPMI 2.0 supported, no OEM data.
         self.authcap = bytes([0, 1, 0x80, 0x04, 0x02, 0, 0, 0, 0])
         self.sessions: dict[SockAddr, SimSession] = {}
+        self.sessions_opened = 0
         self.packets_in = 0
         self.packets_dropped = 0
 
@@ -285,7 +286,8 @@ class SimBmc(pyghmi_bmc.Bmc):  # type: ignore[misc]
             self._open_session(bytearray(data[16:]), addr)
         elif kind is PacketKind.PRESESSION:
             # A new login from this client: its old session on this port (only) is over.
-            self.sessions.pop(addr, None)
+            for other in self.host.bmcs.values():
+                other.sessions.pop(addr, None)
             self.sessionless_data(data, addr)
         elif kind is PacketKind.IN_SESSION:
             session = self.sessions.get(addr)
@@ -300,6 +302,7 @@ class SimBmc(pyghmi_bmc.Bmc):  # type: ignore[misc]
             return
         self.sessions.pop(addr, None)
         self.sessions[addr] = SimSession(self, addr, request)
+        self.sessions_opened += 1
 
     def transmit(self, packet: bytes, addr: SockAddr) -> None:
         """Send one reply; a vanished client is not the simulator's problem."""
@@ -423,4 +426,5 @@ class SimBmc(pyghmi_bmc.Bmc):  # type: ignore[misc]
             power_changed_at=round(machine.power_changed_at + wall_offset, 3),
             faults=self.faults.as_json(),
             sessions=len(self.sessions),
+            sessions_opened=self.sessions_opened,
         )

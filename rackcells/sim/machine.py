@@ -60,6 +60,7 @@ class MachineSnapshot(TypedDict):
     power_changed_at: float
     faults: dict[str, object]
     sessions: int
+    sessions_opened: int
 
 
 #: Called when POST completes: (machine, boot device used, now).

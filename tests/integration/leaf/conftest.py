@@ -9,14 +9,20 @@ import pytest
 from leafkit import LeafClient, LeafProcess
 
 
-@pytest.fixture
-def leaf(db_url: str, leaf_runner, tmp_path: Path) -> Iterator[LeafClient]:
-    """A leaf for cell rack-1, started in-process on an empty database of each backend."""
-    key_file = tmp_path / "rack-1.key"
-    server = leaf_runner.start(db_url, secret_key_file=str(key_file))
-    client = LeafClient(server.port, db_url, key_file)
+@pytest.fixture(scope="module")
+def shared_leaf(module_db_url: str, module_leaf_runner) -> Iterator[LeafClient]:
+    """One in-process leaf for cell rack-1 per test module and backend."""
+    server = module_leaf_runner.start(module_db_url)
+    client = LeafClient(server.port, module_db_url, Path(server.config.secret_key_file))
     yield client
     client.close()
+
+
+@pytest.fixture
+def leaf(shared_leaf: LeafClient) -> LeafClient:
+    """The module's leaf with an empty inventory: every node, port and trait row is deleted first."""
+    shared_leaf.wipe()
+    return shared_leaf
 
 
 @pytest.fixture

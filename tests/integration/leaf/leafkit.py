@@ -5,6 +5,7 @@ Imported by the test modules of this directory (pytest puts the directory on sys
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -24,8 +25,8 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from sqlalchemy import create_engine, func, select, update
 from sqlalchemy.orm import Session
-from sqlalchemy.pool import NullPool
 
+from leaf_cell.config import LeafConfig
 from leaf_cell.db.models import Base, NodeRow
 from rackcells.v1 import node_pb2, node_service_pb2, node_service_pb2_grpc
 
@@ -116,7 +117,7 @@ class LeafClient:
         self.key_file = key_file
         self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
         self.stub = node_service_pb2_grpc.NodeServiceStub(self.channel)
-        self.engine = create_engine(db_url, poolclass=NullPool)
+        self.engine = create_engine(db_url)
 
     def close(self) -> None:
         self.channel.close()
@@ -137,7 +138,7 @@ class LeafClient:
     def list_pages(self, **request: Any) -> Iterator[node_service_pb2.ListNodesResponse]:
         """Every page of a listing, following next_page_token until it is empty."""
         request.setdefault("parent", self.parent)
-        token = ""
+        token = request.pop("page_token", "")
         for _ in range(10_000):
             page = self.stub.ListNodes(node_service_pb2.ListNodesRequest(page_token=token, **request))
             yield page
@@ -168,6 +169,12 @@ class LeafClient:
                 update(NodeRow.__table__).where(NodeRow.__table__.c.node_id == node_id).values(**values)
             )
             assert result.rowcount == 1, f"no row for node {node_id}"
+
+    def wipe(self) -> None:
+        """Deletes every row of the leaf's tables (children first)."""
+        with self.engine.begin() as conn:
+            for table in reversed(Base.metadata.sorted_tables):
+                conn.execute(table.delete())
 
     def count_nodes(self) -> int:
         with Session(self.engine) as session:
@@ -219,6 +226,14 @@ class LeafClient:
                 session.add(NodeRow(**values))
 
 
+def quiet_leaf_settings() -> dict[str, Any]:
+    """Settings that switch off the leaf's periodic background work (the power-sync sweep), so
+    that the database changes only through the calls a test makes (those LeafConfig has)."""
+    names = {f.name for f in dataclasses.fields(LeafConfig)}
+    wanted = {"power_sync_interval": 0.0}
+    return {k: v for k, v in wanted.items() if k in names}
+
+
 class LeafProcess:
     """``rackcells-leaf serve`` as a child process, its stderr in a file."""
 
@@ -228,8 +243,9 @@ class LeafProcess:
         child_env = {k: v for k, v in os.environ.items() if not k.startswith("RACKCELLS_LEAF_")}
         child_env.update(env or {})
         self._stderr = self.stderr_path.open("wb")
+        quiet = [f"--{k.replace('_', '-')}={v}" for k, v in quiet_leaf_settings().items()]
         self.proc = subprocess.Popen(
-            [LEAF_BIN, "serve", *args, "--port-file", str(self.port_file)],
+            [LEAF_BIN, "serve", *args, *quiet, "--port-file", str(self.port_file)],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=self._stderr,
@@ -253,7 +269,8 @@ class LeafProcess:
         raise AssertionError(f"rackcells-leaf did not write its port file:\n{self.stderr()}")
 
     def stderr(self) -> str:
-        self._stderr.flush()
+        if not self._stderr.closed:
+            self._stderr.flush()
         return self.stderr_path.read_text(errors="replace")
 
     def stop(self) -> int:

@@ -132,7 +132,9 @@ def test_create_ignores_output_only_fields_sent_by_the_caller(leaf: LeafClient) 
 def test_create_response_equals_a_following_get_even_with_unsorted_traits(leaf: LeafClient) -> None:
     """AIP-133: Create returns the resource as stored; a Get right after must return the same."""
     created = leaf.create("node-1", valid_node(traits=["CUSTOM_ZULU", "CUSTOM_ALPHA", "CUSTOM_MIKE"]))
-    assert leaf.get("node-1") == created
+    got = leaf.get("node-1")
+    assert list(created.traits) == list(got.traits), "Create and Get order the traits differently"
+    assert got == created
 
 
 def test_each_create_gets_its_own_uid_and_etag(leaf: LeafClient) -> None:
@@ -352,3 +354,25 @@ def test_a_fake_driver_node_needs_no_bmc_address(leaf: LeafClient) -> None:
     created = leaf.create("node-1", valid_node(bmc=node_pb2.BmcInfo(driver="fake")))
     assert created.bmc.driver == "fake"
     assert created.bmc.address == ""
+
+
+@pytest.mark.parametrize(
+    ("spoil", "field"),
+    [
+        (lambda n: setattr(n, "maintenance_reason", "disk\x00swap"), "node.maintenance_reason"),
+        (lambda n: setattr(n.bmc, "username", "ad\x00min"), "node.bmc.username"),
+    ],
+    ids=["maintenance_reason", "bmc.username"],
+)
+def test_create_with_a_nul_character_in_a_text_field_is_invalid_argument_on_every_backend(
+    leaf: LeafClient, spoil, field: str
+) -> None:
+    """PostgreSQL cannot store NUL in text: the leaf must reject it as the caller's mistake
+    (INVALID_ARGUMENT naming the field, never INTERNAL), and identically on SQLite."""
+    node = valid_node()
+    spoil(node)
+    err = expect_error(
+        grpc.StatusCode.INVALID_ARGUMENT, leaf.stub.CreateNode, create_request("node-1", node)
+    )
+    assert violation_fields(err) == [field]
+    assert leaf.count_nodes() == 0

@@ -1,0 +1,35 @@
+"""Fixtures that run ``rackcells-sim rack`` as a real subprocess (see rackcells.sim.harness)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from rackcells.sim.harness import RunningSim, start_rack
+
+SimLauncher = Callable[..., RunningSim]
+
+
+@pytest.fixture(scope="module")
+def launch_sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimLauncher]:
+    """Factory ``launch_sim(nodes, *extra_cli_args, prefix=..., password=...)``.
+
+    Every simulator it started is stopped by PID at the end of the module, and its workers
+    must be gone as well.
+    """
+    started: list[RunningSim] = []
+
+    def launch(nodes: int, *extra: str, **kwargs: Any) -> RunningSim:
+        sim = start_rack(nodes, tmp_path_factory.mktemp("sim"), *extra, **kwargs)
+        started.append(sim)
+        return sim
+
+    yield launch
+    survivors: list[int] = []
+    for sim in started:
+        sim.stop()
+        survivors += sim.reap_workers()
+    if survivors:
+        pytest.fail(f"simulator workers {survivors} outlived their parent")

@@ -1,0 +1,228 @@
+"""Test doubles for the CLI: a NodeService stub that records calls and RpcErrors with details.
+
+The fake errors carry a real ``grpc-status-details-bin`` trailer, so the CLI's error path runs
+the same ``grpc_status`` decoding it runs against a server.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+
+from rackcells.cli.client import Session
+from rackcells.v1 import node_pb2, node_service_pb2
+
+
+class FakeRpcError(grpc.RpcError, grpc.Call):
+    """A failed call as a stub raises it: code, details and trailing metadata."""
+
+    def __init__(
+        self, code: grpc.StatusCode, message: str, status: status_pb2.Status | None = None
+    ):
+        super().__init__(message)
+        self._code = code
+        self._message = message
+        self._status = status
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._message
+
+    def trailing_metadata(self) -> Any:
+        if self._status is None:
+            return ()
+        return (("grpc-status-details-bin", self._status.SerializeToString()),)
+
+    def initial_metadata(self) -> tuple[()]:
+        return ()
+
+    def is_active(self) -> bool:
+        return False
+
+    def time_remaining(self) -> float:
+        return 0.0
+
+    def cancel(self) -> bool:
+        return False
+
+    def add_callback(self, callback: Callable[[], None]) -> bool:
+        return False
+
+
+def rpc_error(
+    code: grpc.StatusCode,
+    message: str,
+    *,
+    violations: list[tuple[str, str]] | None = None,
+    reason: str = "",
+    metadata: dict[str, str] | None = None,
+) -> FakeRpcError:
+    """A server-side error with ErrorInfo (and BadRequest when ``violations`` are given)."""
+    details = []
+    info = error_details_pb2.ErrorInfo(reason=reason or code.name, domain="rackcells.io")
+    info.metadata.update(metadata or {})
+    packed = any_pb2.Any()
+    packed.Pack(info)
+    details.append(packed)
+    if violations:
+        bad = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(field=f, description=d)
+                for f, d in violations
+            ]
+        )
+        packed = any_pb2.Any()
+        packed.Pack(bad)
+        details.append(packed)
+    status = status_pb2.Status(code=code.value[0], message=message, details=details)
+    return FakeRpcError(code, message, status)
+
+
+class FakeNodes:
+    """A NodeService stub double: a dict of nodes, a call log, and optional scripted errors."""
+
+    def __init__(self, cell: str = "rack-1") -> None:
+        self.cell = cell
+        self.nodes: dict[str, node_pb2.Node] = {}
+        self.calls: list[tuple[str, Any]] = []
+        self.errors: dict[str, Callable[[Any], Exception | None]] = {}
+        self.next_operation: Any = None
+
+    def _log(self, method: str, request: Any) -> None:
+        self.calls.append((method, request))
+        check = self.errors.get(method)
+        if check is not None:
+            err = check(request)
+            if err is not None:
+                raise err
+
+    def add(self, node_id: str, **fields: Any) -> node_pb2.Node:
+        node = node_pb2.Node(name=f"cells/{self.cell}/nodes/{node_id}", etag="e1", **fields)
+        self.nodes[node.name] = node
+        return node
+
+    def CreateNode(
+        self, request: node_service_pb2.CreateNodeRequest, timeout: float | None = None
+    ) -> node_pb2.Node:
+        self._log("CreateNode", request)
+        name = f"{request.parent}/nodes/{request.node_id}"
+        if name in self.nodes:
+            raise rpc_error(
+                grpc.StatusCode.ALREADY_EXISTS,
+                f"node {name} already exists",
+                metadata={"node": name},
+            )
+        node = node_pb2.Node()
+        node.CopyFrom(request.node)
+        node.name = name
+        node.bmc.ClearField("password")
+        self.nodes[name] = node
+        return node
+
+    def GetNode(
+        self, request: node_service_pb2.GetNodeRequest, timeout: float | None = None
+    ) -> node_pb2.Node:
+        self._log("GetNode", request)
+        if request.name not in self.nodes:
+            raise rpc_error(grpc.StatusCode.NOT_FOUND, f"node {request.name} not found")
+        return self.nodes[request.name]
+
+    def ListNodes(
+        self, request: node_service_pb2.ListNodesRequest, timeout: float | None = None
+    ) -> node_service_pb2.ListNodesResponse:
+        self._log("ListNodes", request)
+        names = sorted(self.nodes)
+        start = int(request.page_token or 0)
+        size = request.page_size or 100
+        page = names[start : start + size]
+        more = start + size < len(names)
+        return node_service_pb2.ListNodesResponse(
+            nodes=[self.nodes[n] for n in page],
+            next_page_token=str(start + size) if more else "",
+        )
+
+    def UpdateNode(
+        self, request: node_service_pb2.UpdateNodeRequest, timeout: float | None = None
+    ) -> node_pb2.Node:
+        self._log("UpdateNode", request)
+        return self.nodes[request.node.name]
+
+    def DeleteNode(
+        self, request: node_service_pb2.DeleteNodeRequest, timeout: float | None = None
+    ) -> Any:
+        self._log("DeleteNode", request)
+        self.nodes.pop(request.name)
+
+    def SetPowerState(
+        self, request: node_service_pb2.SetPowerStateRequest, timeout: float | None = None
+    ) -> node_pb2.Node:
+        self._log("SetPowerState", request)
+        node = self.nodes[request.name]
+        node.power_state = (
+            node_pb2.POWER_STATE_ON
+            if request.action == node_service_pb2.POWER_ACTION_ON
+            else node_pb2.POWER_STATE_OFF
+        )
+        return node
+
+    def SetBootDevice(
+        self, request: node_service_pb2.SetBootDeviceRequest, timeout: float | None = None
+    ) -> node_pb2.Node:
+        self._log("SetBootDevice", request)
+        return self.nodes[request.name]
+
+    def ChangeProvisionState(self, request: Any, timeout: float | None = None) -> Any:
+        self._log("ChangeProvisionState", request)
+        return self.next_operation
+
+
+@pytest.fixture
+def fake_nodes() -> FakeNodes:
+    return FakeNodes()
+
+
+@pytest.fixture
+def session(fake_nodes: FakeNodes) -> Session:
+    """A Session whose NodeService is the fake; no channel is ever opened."""
+    return Session(endpoint="127.0.0.1:7001", cell="rack-1", _nodes=fake_nodes)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def make_rpc_error() -> Callable[..., FakeRpcError]:
+    return rpc_error
+
+
+@pytest.fixture
+def transport_error() -> Callable[[grpc.StatusCode, str], FakeRpcError]:
+    """An error raised before any server answered: no status details."""
+    return FakeRpcError
+
+
+@pytest.fixture
+def patch_session(session: Session, monkeypatch: pytest.MonkeyPatch) -> Callable[[], Session]:
+    """Makes ``main()`` use the fake-backed session, keeping the flags it parsed."""
+
+    def from_settings(
+        cls: type[Session],
+        endpoint: str | None,
+        cell: str | None,
+        timeout: float | None,
+        output: Any,
+    ) -> Session:
+        return dataclasses.replace(
+            session,
+            cell=cell or session.cell,
+            output=output or "table",
+            timeout=timeout or session.timeout,
+        )
+
+    monkeypatch.setattr(Session, "from_settings", classmethod(from_settings))
+    return lambda: session
