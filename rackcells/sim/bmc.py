@@ -286,8 +286,7 @@ class SimBmc(pyghmi_bmc.Bmc):  # type: ignore[misc]
             self._open_session(bytearray(data[16:]), addr)
         elif kind is PacketKind.PRESESSION:
             # A new login from this client: its old session on this port (only) is over.
-            for other in self.host.bmcs.values():
-                other.sessions.pop(addr, None)
+            self.sessions.pop(addr, None)
             self.sessionless_data(data, addr)
         elif kind is PacketKind.IN_SESSION:
             session = self.sessions.get(addr)

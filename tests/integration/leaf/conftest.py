@@ -20,7 +20,7 @@ def shared_leaf(module_db_url: str, module_leaf_runner) -> Iterator[LeafClient]:
 
 @pytest.fixture
 def leaf(shared_leaf: LeafClient) -> LeafClient:
-    """The module's leaf with an empty inventory: every node, port and trait row is deleted first."""
+    """The module's leaf with an empty inventory: every row of its tables is deleted first."""
     shared_leaf.wipe()
     return shared_leaf
 

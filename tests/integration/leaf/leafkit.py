@@ -140,7 +140,9 @@ class LeafClient:
         request.setdefault("parent", self.parent)
         token = request.pop("page_token", "")
         for _ in range(10_000):
-            page = self.stub.ListNodes(node_service_pb2.ListNodesRequest(page_token=token, **request))
+            page = self.stub.ListNodes(
+                node_service_pb2.ListNodesRequest(page_token=token, **request)
+            )
             yield page
             token = page.next_page_token
             if not token:
@@ -166,7 +168,9 @@ class LeafClient:
         """Writes columns of a node's row directly (as the conductor will), bypassing the API."""
         with self.engine.begin() as conn:
             result = conn.execute(
-                update(NodeRow.__table__).where(NodeRow.__table__.c.node_id == node_id).values(**values)
+                update(NodeRow.__table__)
+                .where(NodeRow.__table__.c.node_id == node_id)
+                .values(**values)
             )
             assert result.rowcount == 1, f"no row for node {node_id}"
 
@@ -260,7 +264,9 @@ class LeafProcess:
         give_up = time.monotonic() + limit
         while time.monotonic() < give_up:
             if self.proc.poll() is not None:
-                raise AssertionError(f"rackcells-leaf exited with {self.proc.returncode}:\n{self.stderr()}")
+                raise AssertionError(
+                    f"rackcells-leaf exited with {self.proc.returncode}:\n{self.stderr()}"
+                )
             text = self.port_file.read_text() if self.port_file.exists() else ""
             if text.endswith("\n"):
                 self.port = int(text)

@@ -26,15 +26,21 @@ from rackcells.v1 import node_pb2, node_service_pb2
 CHECKSUM = "sha256:" + "ab" * 32
 
 
-def create_request(node_id: str, node: node_pb2.Node, parent: str = PARENT) -> node_service_pb2.CreateNodeRequest:
+def create_request(
+    node_id: str, node: node_pb2.Node, parent: str = PARENT
+) -> node_service_pb2.CreateNodeRequest:
     return node_service_pb2.CreateNodeRequest(parent=parent, node_id=node_id, node=node)
 
 
-def test_create_returns_the_enrolled_node_with_name_uid_etag_and_every_given_field(leaf: LeafClient) -> None:
+def test_create_returns_the_enrolled_node_with_name_uid_etag_and_every_given_field(
+    leaf: LeafClient,
+) -> None:
     node = valid_node(
         resource_class="gpu-large",
         traits=["CUSTOM_RACK_R1", "HW_CPU_X86_AVX512F"],
-        properties=node_pb2.NodeProperties(cpus=64, memory_mb=262144, local_gb=960, cpu_arch="x86_64"),
+        properties=node_pb2.NodeProperties(
+            cpus=64, memory_mb=262144, local_gb=960, cpu_arch="x86_64"
+        ),
         bmc=node_pb2.BmcInfo(
             driver="ipmi", address="10.1.0.21", port=6230, username="root", password="create-pw-1"
         ),
@@ -131,7 +137,9 @@ def test_create_ignores_output_only_fields_sent_by_the_caller(leaf: LeafClient) 
 
 def test_create_response_equals_a_following_get_even_with_unsorted_traits(leaf: LeafClient) -> None:
     """AIP-133: Create returns the resource as stored; a Get right after must return the same."""
-    created = leaf.create("node-1", valid_node(traits=["CUSTOM_ZULU", "CUSTOM_ALPHA", "CUSTOM_MIKE"]))
+    created = leaf.create(
+        "node-1", valid_node(traits=["CUSTOM_ZULU", "CUSTOM_ALPHA", "CUSTOM_MIKE"])
+    )
     got = leaf.get("node-1")
     assert list(created.traits) == list(got.traits), "Create and Get order the traits differently"
     assert got == created
@@ -147,14 +155,25 @@ def test_each_create_gets_its_own_uid_and_etag(leaf: LeafClient) -> None:
 @pytest.mark.parametrize(
     "node_id",
     ["Node-1", "node_1", "n" * 64, "", "-node", "node-", "node.1", "node/1"],
-    ids=["upper-case", "underscore", "64-chars", "empty", "leading-hyphen", "trailing-hyphen", "dot", "slash"],
+    ids=[
+        "upper-case",
+        "underscore",
+        "64-chars",
+        "empty",
+        "leading-hyphen",
+        "trailing-hyphen",
+        "dot",
+        "slash",
+    ],
 )
 def test_create_with_a_bad_node_id_is_invalid_argument_naming_node_id(
     leaf: LeafClient, node_id: str
 ) -> None:
     before = leaf.snapshot()
     err = expect_error(
-        grpc.StatusCode.INVALID_ARGUMENT, leaf.stub.CreateNode, create_request(node_id, valid_node())
+        grpc.StatusCode.INVALID_ARGUMENT,
+        leaf.stub.CreateNode,
+        create_request(node_id, valid_node()),
     )
     assert violation_fields(err) == ["node_id"]
     assert "node_id" in err.details()
@@ -296,7 +315,8 @@ def test_create_in_another_cell_is_not_found_and_creates_nothing(leaf: LeafClien
 
 
 @pytest.mark.parametrize(
-    "parent", ["", "rack-1", "cells/", "cells/Rack_1", "cells/rack-1/nodes", "cell/rack-1", "cells/-"]
+    "parent",
+    ["", "rack-1", "cells/", "cells/Rack_1", "cells/rack-1/nodes", "cell/rack-1", "cells/-"],
 )
 def test_create_with_a_malformed_parent_is_invalid_argument_naming_parent(
     leaf: LeafClient, parent: str
@@ -313,12 +333,16 @@ def test_create_with_a_malformed_parent_is_invalid_argument_naming_parent(
 def test_create_with_a_taken_node_id_is_already_exists_and_leaves_the_first_node_alone(
     leaf: LeafClient,
 ) -> None:
-    first = leaf.create("node-1", valid_node(ports=ports("52:54:00:00:00:01"), resource_class="one"))
+    first = leaf.create(
+        "node-1", valid_node(ports=ports("52:54:00:00:00:01"), resource_class="one")
+    )
     before = leaf.snapshot()
     err = expect_error(
         grpc.StatusCode.ALREADY_EXISTS,
         leaf.stub.CreateNode,
-        create_request("node-1", valid_node(ports=ports("52:54:00:00:00:02"), resource_class="two")),
+        create_request(
+            "node-1", valid_node(ports=ports("52:54:00:00:00:02"), resource_class="two")
+        ),
     )
     assert "cells/rack-1/nodes/node-1" in err.details()
     assert leaf.snapshot() == before

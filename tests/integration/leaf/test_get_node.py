@@ -32,7 +32,9 @@ def test_get_returns_the_node_as_created(leaf: LeafClient) -> None:
 
 def test_get_of_an_unknown_node_is_not_found_naming_it(leaf: LeafClient) -> None:
     leaf.create("node-1")
-    err = expect_error(grpc.StatusCode.NOT_FOUND, leaf.stub.GetNode, get_request(node_name("node-9")))
+    err = expect_error(
+        grpc.StatusCode.NOT_FOUND, leaf.stub.GetNode, get_request(node_name("node-9"))
+    )
     assert "cells/rack-1/nodes/node-9" in err.details()
 
 
@@ -56,7 +58,9 @@ def test_get_of_a_deleted_node_is_not_found(leaf: LeafClient) -> None:
         "//cells/rack-1/nodes/node-1",
     ],
 )
-def test_get_with_a_malformed_name_is_invalid_argument_naming_name(leaf: LeafClient, name: str) -> None:
+def test_get_with_a_malformed_name_is_invalid_argument_naming_name(
+    leaf: LeafClient, name: str
+) -> None:
     leaf.create("node-1")
     err = expect_error(grpc.StatusCode.INVALID_ARGUMENT, leaf.stub.GetNode, get_request(name))
     assert violation_fields(err) == ["name"]

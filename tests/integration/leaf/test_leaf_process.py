@@ -48,7 +48,9 @@ def channel(env_leaf: LeafProcess) -> Iterator[grpc.Channel]:
 
 @pytest.mark.parametrize("service", ["", NODE_SERVICE])
 def test_health_check_reports_serving(channel: grpc.Channel, service: str) -> None:
-    response = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service))
+    response = health_pb2_grpc.HealthStub(channel).Check(
+        health_pb2.HealthCheckRequest(service=service)
+    )
     assert response.status == health_pb2.HealthCheckResponse.SERVING
 
 
@@ -58,7 +60,9 @@ def test_health_check_of_an_unknown_service_is_not_found(channel: grpc.Channel) 
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-def _reflect(channel: grpc.Channel, request: reflection_pb2.ServerReflectionRequest) -> reflection_pb2.ServerReflectionResponse:
+def _reflect(
+    channel: grpc.Channel, request: reflection_pb2.ServerReflectionRequest
+) -> reflection_pb2.ServerReflectionResponse:
     stub = reflection_pb2_grpc.ServerReflectionStub(channel)
     (response,) = list(stub.ServerReflectionInfo(iter([request])))
     return response
@@ -67,7 +71,11 @@ def _reflect(channel: grpc.Channel, request: reflection_pb2.ServerReflectionRequ
 def test_reflection_lists_the_node_service_health_and_reflection(channel: grpc.Channel) -> None:
     response = _reflect(channel, reflection_pb2.ServerReflectionRequest(list_services=""))
     names = {s.name for s in response.list_services_response.service}
-    assert {NODE_SERVICE, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= names
+    assert {
+        NODE_SERVICE,
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+    } <= names
 
 
 def test_reflection_describes_the_node_service_methods(channel: grpc.Channel) -> None:
@@ -86,7 +94,9 @@ def test_reflection_describes_the_node_service_methods(channel: grpc.Channel) ->
 def test_the_cell_named_by_the_environment_is_the_one_served(channel: grpc.Channel) -> None:
     stub = node_service_pb2_grpc.NodeServiceStub(channel)
     created = stub.CreateNode(
-        node_service_pb2.CreateNodeRequest(parent="cells/rack-7", node_id="env-node", node=valid_node())
+        node_service_pb2.CreateNodeRequest(
+            parent="cells/rack-7", node_id="env-node", node=valid_node()
+        )
     )
     assert created.name == "cells/rack-7/nodes/env-node"
     with pytest.raises(grpc.RpcError) as info:
@@ -100,12 +110,17 @@ def test_a_flag_beats_the_environment_and_sigterm_stops_the_leaf_cleanly(
 ) -> None:
     proc = leaf_process(
         ["--cell", "rack-8", "--listen", "127.0.0.1:0", "--db", f"sqlite:///{tmp_path / 'f.db'}"],
-        env={"RACKCELLS_LEAF_CELL": "rack-7", "RACKCELLS_LEAF_DB": "sqlite:////nonexistent/dir/x.db"},
+        env={
+            "RACKCELLS_LEAF_CELL": "rack-7",
+            "RACKCELLS_LEAF_DB": "sqlite:////nonexistent/dir/x.db",
+        },
     )
     with grpc.insecure_channel(f"127.0.0.1:{proc.port}") as ch:
         stub = node_service_pb2_grpc.NodeServiceStub(ch)
         created = stub.CreateNode(
-            node_service_pb2.CreateNodeRequest(parent="cells/rack-8", node_id="n1", node=valid_node())
+            node_service_pb2.CreateNodeRequest(
+                parent="cells/rack-8", node_id="n1", node=valid_node()
+            )
         )
         assert created.name == "cells/rack-8/nodes/n1"
     assert (tmp_path / "f.db.key").exists(), "the key file defaults to beside the SQLite database"
@@ -127,7 +142,15 @@ def test_bad_settings_exit_with_usage_error_naming_the_setting(
     tmp_path: Path, args: list[str], env: dict[str, str], mentions: str
 ) -> None:
     result = subprocess.run(
-        [LEAF_BIN, "serve", "--listen", "127.0.0.1:0", "--db", f"sqlite:///{tmp_path / 'x.db'}", *args],
+        [
+            LEAF_BIN,
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--db",
+            f"sqlite:///{tmp_path / 'x.db'}",
+            *args,
+        ],
         env={"PATH": "/usr/bin:/bin", **env},
         capture_output=True,
         text=True,

@@ -74,9 +74,13 @@ def test_page_size_above_1000_is_lowered_to_1000(leaf: LeafClient) -> None:
 
 
 @pytest.mark.parametrize("size", [-1, -1000])
-def test_a_negative_page_size_is_invalid_argument_naming_page_size(leaf: LeafClient, size: int) -> None:
+def test_a_negative_page_size_is_invalid_argument_naming_page_size(
+    leaf: LeafClient, size: int
+) -> None:
     leaf.seed(2)
-    err = expect_error(grpc.StatusCode.INVALID_ARGUMENT, leaf.stub.ListNodes, list_request(page_size=size))
+    err = expect_error(
+        grpc.StatusCode.INVALID_ARGUMENT, leaf.stub.ListNodes, list_request(page_size=size)
+    )
     assert violation_fields(err) == ["page_size"]
 
 
@@ -99,13 +103,19 @@ def test_cells_dash_at_a_leaf_lists_its_own_nodes(leaf: LeafClient) -> None:
 
 def test_listing_another_cell_is_not_found(leaf: LeafClient) -> None:
     leaf.seed(1)
-    err = expect_error(grpc.StatusCode.NOT_FOUND, leaf.stub.ListNodes, list_request(parent="cells/rack-2"))
+    err = expect_error(
+        grpc.StatusCode.NOT_FOUND, leaf.stub.ListNodes, list_request(parent="cells/rack-2")
+    )
     assert "rack-2" in err.details()
 
 
 @pytest.mark.parametrize("parent", ["", "cells", "cells/Rack_1", "rack-1", "cells/rack-1/nodes"])
-def test_a_malformed_parent_is_invalid_argument_naming_parent(leaf: LeafClient, parent: str) -> None:
-    err = expect_error(grpc.StatusCode.INVALID_ARGUMENT, leaf.stub.ListNodes, list_request(parent=parent))
+def test_a_malformed_parent_is_invalid_argument_naming_parent(
+    leaf: LeafClient, parent: str
+) -> None:
+    err = expect_error(
+        grpc.StatusCode.INVALID_ARGUMENT, leaf.stub.ListNodes, list_request(parent=parent)
+    )
     assert violation_fields(err) == ["parent"]
 
 
@@ -179,7 +189,9 @@ def test_filter_returns_exactly_the_matching_nodes_across_pages(
 )
 def test_a_bad_filter_is_invalid_argument_naming_filter(leaf: LeafClient, flt: str) -> None:
     enrol_inventory(leaf)
-    err = expect_error(grpc.StatusCode.INVALID_ARGUMENT, leaf.stub.ListNodes, list_request(filter=flt))
+    err = expect_error(
+        grpc.StatusCode.INVALID_ARGUMENT, leaf.stub.ListNodes, list_request(filter=flt)
+    )
     assert violation_fields(err) == ["filter"]
 
 
@@ -252,9 +264,13 @@ def test_order_by_create_time_follows_enrolment_order(leaf: LeafClient) -> None:
     "order_by",
     ["colour", "name sideways", "name, name", "name desc extra", "name,", "traits", "maintenance"],
 )
-def test_a_bad_order_by_is_invalid_argument_naming_order_by(leaf: LeafClient, order_by: str) -> None:
+def test_a_bad_order_by_is_invalid_argument_naming_order_by(
+    leaf: LeafClient, order_by: str
+) -> None:
     leaf.seed(2)
-    err = expect_error(grpc.StatusCode.INVALID_ARGUMENT, leaf.stub.ListNodes, list_request(order_by=order_by))
+    err = expect_error(
+        grpc.StatusCode.INVALID_ARGUMENT, leaf.stub.ListNodes, list_request(order_by=order_by)
+    )
     assert violation_fields(err) == ["order_by"]
 
 
@@ -311,11 +327,21 @@ def _b64(text: str) -> str:
         queries.encode_token("", parse_order_by(""), []),
     ],
     ids=[
-        "word", "punctuation", "percent", "json-null", "json-list", "json-string",
-        "foreign-fingerprint", "no-fingerprint", "too-many-values", "no-values",
+        "word",
+        "punctuation",
+        "percent",
+        "json-null",
+        "json-list",
+        "json-string",
+        "foreign-fingerprint",
+        "no-fingerprint",
+        "too-many-values",
+        "no-values",
     ],
 )
-def test_a_garbage_page_token_is_invalid_argument_naming_page_token(leaf: LeafClient, token: str) -> None:
+def test_a_garbage_page_token_is_invalid_argument_naming_page_token(
+    leaf: LeafClient, token: str
+) -> None:
     leaf.seed(3)
     err = expect_error(
         grpc.StatusCode.INVALID_ARGUMENT, leaf.stub.ListNodes, list_request(page_token=token)
@@ -349,7 +375,9 @@ def test_a_token_with_values_that_do_not_fit_its_sort_keys_is_invalid_argument_n
     assert violation_fields(err) == ["page_token"]
 
 
-def test_nodes_enrolled_or_deleted_between_pages_cause_no_repeats_or_skips(leaf: LeafClient) -> None:
+def test_nodes_enrolled_or_deleted_between_pages_cause_no_repeats_or_skips(
+    leaf: LeafClient,
+) -> None:
     for i in range(1, 7):
         leaf.create(f"n-{i}")
     first = leaf.stub.ListNodes(list_request(page_size=3))
@@ -363,12 +391,16 @@ def test_nodes_enrolled_or_deleted_between_pages_cause_no_repeats_or_skips(leaf:
     assert later == ["n-5", "n-5a", "n-6"]
 
 
-def test_nodes_enrolled_between_pages_ordered_by_create_time_come_last_once(leaf: LeafClient) -> None:
+def test_nodes_enrolled_between_pages_ordered_by_create_time_come_last_once(
+    leaf: LeafClient,
+) -> None:
     rows = ordered_rows()
     leaf.seed(rows=rows)
     expected = python_order(rows, "create_time")
     first = leaf.stub.ListNodes(list_request(page_size=4, order_by="create_time"))
     leaf.create("late-node")
-    rest = list(leaf.list_pages(page_size=4, order_by="create_time", page_token=first.next_page_token))
+    rest = list(
+        leaf.list_pages(page_size=4, order_by="create_time", page_token=first.next_page_token)
+    )
     listed = ids(first) + [i for page in rest for i in ids(page)]
     assert listed == [*expected, "late-node"]

@@ -43,11 +43,15 @@ def test_the_migrations_have_exactly_one_head() -> None:
     assert heads[0] == head_revision()
 
 
-def test_starting_a_leaf_migrates_an_empty_database_to_head(db_url: str, leaf_runner, engine: Engine) -> None:
+def test_starting_a_leaf_migrates_an_empty_database_to_head(
+    db_url: str, leaf_runner, engine: Engine
+) -> None:
     assert current_revision(engine) is None
     leaf_runner.start(db_url)
     assert current_revision(engine) == head_revision()
-    assert {"nodes", "ports", "node_traits", "alembic_version"} <= set(inspect(engine).get_table_names())
+    assert {"nodes", "ports", "node_traits", "alembic_version"} <= set(
+        inspect(engine).get_table_names()
+    )
 
 
 def test_starting_twice_on_one_database_is_a_no_op_that_keeps_the_data(
@@ -56,7 +60,9 @@ def test_starting_twice_on_one_database_is_a_no_op_that_keeps_the_data(
     first = leaf_runner.start(db_url)
     with grpc.insecure_channel(f"127.0.0.1:{first.port}") as ch:
         created = node_service_pb2_grpc.NodeServiceStub(ch).CreateNode(
-            node_service_pb2.CreateNodeRequest(parent="cells/rack-1", node_id="keep-me", node=valid_node())
+            node_service_pb2.CreateNodeRequest(
+                parent="cells/rack-1", node_id="keep-me", node=valid_node()
+            )
         )
     leaf_runner.stop(first)
     second = leaf_runner.start(db_url)
@@ -89,7 +95,9 @@ def test_the_orm_models_match_the_migrated_schema(db_url: str, engine: Engine) -
     assert schema_diff(engine) == []
 
 
-def test_downgrade_to_base_and_upgrade_again_restores_the_same_schema(db_url: str, engine: Engine) -> None:
+def test_downgrade_to_base_and_upgrade_again_restores_the_same_schema(
+    db_url: str, engine: Engine
+) -> None:
     cfg = Config()
     cfg.set_main_option("script_location", str(SCRIPTS))
     with engine.begin() as conn:

@@ -76,41 +76,77 @@ def exercise(stub: node_service_pb2_grpc.NodeServiceStub, passwords: dict[str, s
     rec = Recorder(stub)
 
     def bmc(pw: str, **kw: Any) -> node_pb2.BmcInfo:
-        return node_pb2.BmcInfo(driver="ipmi", address="10.1.0.10", username="admin", password=pw, **kw)
+        return node_pb2.BmcInfo(
+            driver="ipmi", address="10.1.0.10", username="admin", password=pw, **kw
+        )
 
-    def create(node_id: str, node: node_pb2.Node, parent: str = PARENT) -> node_service_pb2.CreateNodeRequest:
+    def create(
+        node_id: str, node: node_pb2.Node, parent: str = PARENT
+    ) -> node_service_pb2.CreateNodeRequest:
         return node_service_pb2.CreateNodeRequest(parent=parent, node_id=node_id, node=node)
 
     def update(node: node_pb2.Node, *paths: str) -> node_service_pb2.UpdateNodeRequest:
-        return node_service_pb2.UpdateNodeRequest(node=node, update_mask=field_mask_pb2.FieldMask(paths=paths))
+        return node_service_pb2.UpdateNodeRequest(
+            node=node, update_mask=field_mask_pb2.FieldMask(paths=paths)
+        )
 
-    created = rec.ok("CreateNode", create("node-1", valid_node(bmc=bmc(passwords["create"]),
-                                                                ports=ports("52:54:00:00:00:01"))))
+    created = rec.ok(
+        "CreateNode",
+        create(
+            "node-1", valid_node(bmc=bmc(passwords["create"]), ports=ports("52:54:00:00:00:01"))
+        ),
+    )
     rec.ok("GetNode", node_service_pb2.GetNodeRequest(name=created.name))
     rec.ok("ListNodes", node_service_pb2.ListNodesRequest(parent=PARENT))
-    updated = rec.ok("UpdateNode", update(node_pb2.Node(name=created.name, bmc=bmc(passwords["update"])),
-                                          "bmc.password"))
-    rec.ok("UpdateNode", update(node_pb2.Node(name=created.name, bmc=bmc(passwords["whole-bmc"])), "bmc"))
+    updated = rec.ok(
+        "UpdateNode",
+        update(node_pb2.Node(name=created.name, bmc=bmc(passwords["update"])), "bmc.password"),
+    )
+    rec.ok(
+        "UpdateNode",
+        update(node_pb2.Node(name=created.name, bmc=bmc(passwords["whole-bmc"])), "bmc"),
+    )
     rec.ok("GetNode", node_service_pb2.GetNodeRequest(name=created.name))
-    rec.ok("ListNodes", node_service_pb2.ListNodesRequest(parent="cells/-", filter="provision_state = ENROLL"))
+    rec.ok(
+        "ListNodes",
+        node_service_pb2.ListNodesRequest(parent="cells/-", filter="provision_state = ENROLL"),
+    )
     bad = passwords["rejected"]
     rec.fails("CreateNode", create("node-2", valid_node(bmc=bmc(bad), ports=ports("zz"))))
     rec.fails("CreateNode", create("Node_2", valid_node(bmc=bmc(bad))))
     rec.fails("CreateNode", create("node-1", valid_node(bmc=bmc(bad))))
-    rec.fails("CreateNode", create("node-2", valid_node(bmc=bmc(bad), ports=ports("52:54:00:00:00:01"))))
+    rec.fails(
+        "CreateNode", create("node-2", valid_node(bmc=bmc(bad), ports=ports("52:54:00:00:00:01")))
+    )
     rec.fails("CreateNode", create("node-2", valid_node(bmc=bmc(bad)), parent="cells/rack-2"))
     rec.fails("CreateNode", create("node-2", valid_node(bmc=bmc(passwords["too-long"] * 10))))
-    rec.fails("UpdateNode", update(node_pb2.Node(name=created.name, etag=created.etag, bmc=bmc(bad)),
-                                   "bmc.password"))
-    rec.fails("UpdateNode", update(node_pb2.Node(name=created.name, bmc=bmc(bad)), "bmc.password", "uid"))
-    rec.fails("UpdateNode", update(node_pb2.Node(name=node_name("ghost"), bmc=bmc(bad)), "bmc.password"))
-    rec.fails("UpdateNode", update(node_pb2.Node(name=created.name, bmc=bmc(passwords["too-long"] * 10)),
-                                   "bmc.password"))
-    rec.fails("UpdateNode", update(node_pb2.Node(name=created.name, bmc=bmc(bad, port=99999)), "bmc"))
-    rec.fails("DeleteNode", node_service_pb2.DeleteNodeRequest(name=created.name, etag=created.etag))
+    rec.fails(
+        "UpdateNode",
+        update(node_pb2.Node(name=created.name, etag=created.etag, bmc=bmc(bad)), "bmc.password"),
+    )
+    rec.fails(
+        "UpdateNode", update(node_pb2.Node(name=created.name, bmc=bmc(bad)), "bmc.password", "uid")
+    )
+    rec.fails(
+        "UpdateNode", update(node_pb2.Node(name=node_name("ghost"), bmc=bmc(bad)), "bmc.password")
+    )
+    rec.fails(
+        "UpdateNode",
+        update(
+            node_pb2.Node(name=created.name, bmc=bmc(passwords["too-long"] * 10)), "bmc.password"
+        ),
+    )
+    rec.fails(
+        "UpdateNode", update(node_pb2.Node(name=created.name, bmc=bmc(bad, port=99999)), "bmc")
+    )
+    rec.fails(
+        "DeleteNode", node_service_pb2.DeleteNodeRequest(name=created.name, etag=created.etag)
+    )
     # PostgreSQL cannot store NUL in text: whatever the leaf answers (see
     # test_create_node.py), the password must not surface, not even in an internal-error log.
-    rec.attempt("CreateNode", create("node-3", valid_node(bmc=bmc(bad), maintenance_reason="nul\x00")))
+    rec.attempt(
+        "CreateNode", create("node-3", valid_node(bmc=bmc(bad), maintenance_reason="nul\x00"))
+    )
     assert updated.bmc.password_set
     return rec
 
@@ -119,8 +155,9 @@ def new_passwords() -> dict[str, str]:
     return {tag: secret(tag) for tag in ("create", "update", "whole-bmc", "rejected", "too-long")}
 
 
-def assert_stored_encrypted(engine_url_rows: list[NodeRow], key_file: Path, expected: str,
-                            passwords: dict[str, str]) -> None:
+def assert_stored_encrypted(
+    engine_url_rows: list[NodeRow], key_file: Path, expected: str, passwords: dict[str, str]
+) -> None:
     (row,) = engine_url_rows
     assert row.bmc_password_enc
     for pw in passwords.values():
@@ -158,8 +195,18 @@ def test_a_debug_logging_leaf_process_never_logs_bmc_passwords(
     passwords = new_passwords()
     key_file = tmp_path / "proc.key"
     proc = leaf_process(
-        ["--cell", "rack-1", "--listen", "127.0.0.1:0", "--db", db_url,
-         "--secret-key-file", str(key_file), "--log-level", "DEBUG"]
+        [
+            "--cell",
+            "rack-1",
+            "--listen",
+            "127.0.0.1:0",
+            "--db",
+            db_url,
+            "--secret-key-file",
+            str(key_file),
+            "--log-level",
+            "DEBUG",
+        ]
     )
     with grpc.insecure_channel(f"127.0.0.1:{proc.port}") as channel:
         rec = exercise(node_service_pb2_grpc.NodeServiceStub(channel), passwords)

@@ -43,13 +43,17 @@ def original(leaf: LeafClient) -> node_pb2.Node:
         valid_node(
             resource_class="gpu",
             traits=["CUSTOM_A", "CUSTOM_B"],
-            properties=node_pb2.NodeProperties(cpus=16, memory_mb=65536, local_gb=480, cpu_arch="x86_64"),
+            properties=node_pb2.NodeProperties(
+                cpus=16, memory_mb=65536, local_gb=480, cpu_arch="x86_64"
+            ),
             bmc=node_pb2.BmcInfo(
                 driver="ipmi", address="10.1.0.10", port=623, username="admin", password="orig-pw"
             ),
             ports=ports("52:54:00:00:00:01", "52:54:00:00:00:02"),
             extra={"owner": "team-a", "asset": "A-1"},
-            instance_info=node_pb2.InstanceInfo(image_url="http://images/a.img", root_device="/dev/sda"),
+            instance_info=node_pb2.InstanceInfo(
+                image_url="http://images/a.img", root_device="/dev/sda"
+            ),
         ),
     )
 
@@ -58,10 +62,14 @@ def assert_only_changed(before: node_pb2.Node, after: node_pb2.Node, *fields: st
     assert without(after, *fields, *VOLATILE) == without(before, *fields, *VOLATILE)
 
 
-def test_update_resource_class_changes_only_that_field(leaf: LeafClient, original: node_pb2.Node) -> None:
+def test_update_resource_class_changes_only_that_field(
+    leaf: LeafClient, original: node_pb2.Node
+) -> None:
     bystander = leaf.get("bystander")
     updated = leaf.stub.UpdateNode(
-        update_request(patch("node-1", resource_class="gpu-large", traits=["IGNORED"]), "resource_class")
+        update_request(
+            patch("node-1", resource_class="gpu-large", traits=["IGNORED"]), "resource_class"
+        )
     )
     assert updated.resource_class == "gpu-large"
     assert_only_changed(original, updated, "resource_class")
@@ -70,7 +78,9 @@ def test_update_resource_class_changes_only_that_field(leaf: LeafClient, origina
 
 
 def test_update_traits_replaces_the_whole_list(leaf: LeafClient, original: node_pb2.Node) -> None:
-    updated = leaf.stub.UpdateNode(update_request(patch("node-1", traits=["CUSTOM_B", "CUSTOM_C"]), "traits"))
+    updated = leaf.stub.UpdateNode(
+        update_request(patch("node-1", traits=["CUSTOM_B", "CUSTOM_C"]), "traits")
+    )
     assert sorted(updated.traits) == ["CUSTOM_B", "CUSTOM_C"]
     assert sorted(leaf.get("node-1").traits) == ["CUSTOM_B", "CUSTOM_C"]
     assert_only_changed(original, updated, "traits")
@@ -97,7 +107,9 @@ def test_update_response_equals_a_following_get_even_with_unsorted_traits(
 
 
 def test_update_extra_replaces_the_map(leaf: LeafClient, original: node_pb2.Node) -> None:
-    updated = leaf.stub.UpdateNode(update_request(patch("node-1", extra={"owner": "team-b"}), "extra"))
+    updated = leaf.stub.UpdateNode(
+        update_request(patch("node-1", extra={"owner": "team-b"}), "extra")
+    )
     assert dict(updated.extra) == {"owner": "team-b"}
     assert dict(leaf.get("node-1").extra) == {"owner": "team-b"}
     assert_only_changed(original, updated, "extra")
@@ -121,7 +133,9 @@ def test_update_maintenance_with_reason_then_leaving_maintenance_clears_the_reas
     assert leaf.get("node-1") == off
 
 
-def test_update_properties_cpus_changes_cpus_only(leaf: LeafClient, original: node_pb2.Node) -> None:
+def test_update_properties_cpus_changes_cpus_only(
+    leaf: LeafClient, original: node_pb2.Node
+) -> None:
     body = patch("node-1", properties=node_pb2.NodeProperties(cpus=128, memory_mb=0, local_gb=0))
     updated = leaf.stub.UpdateNode(update_request(body, "properties.cpus"))
     assert updated.properties == node_pb2.NodeProperties(
@@ -130,10 +144,14 @@ def test_update_properties_cpus_changes_cpus_only(leaf: LeafClient, original: no
     assert_only_changed(original, updated, "properties")
 
 
-def test_update_whole_properties_replaces_every_figure(leaf: LeafClient, original: node_pb2.Node) -> None:
+def test_update_whole_properties_replaces_every_figure(
+    leaf: LeafClient, original: node_pb2.Node
+) -> None:
     body = patch("node-1", properties=node_pb2.NodeProperties(cpus=8, cpu_arch="aarch64"))
     updated = leaf.stub.UpdateNode(update_request(body, "properties"))
-    assert updated.properties == node_pb2.NodeProperties(cpus=8, memory_mb=0, local_gb=0, cpu_arch="aarch64")
+    assert updated.properties == node_pb2.NodeProperties(
+        cpus=8, memory_mb=0, local_gb=0, cpu_arch="aarch64"
+    )
 
 
 def test_update_ports_keeps_one_mac_adds_another_and_frees_the_dropped_one(
@@ -187,7 +205,9 @@ def test_update_bmc_password_to_empty_clears_it(leaf: LeafClient, original: node
     assert row is not None and row.bmc_password_enc is None
 
 
-def test_update_bmc_address_changes_the_address_only(leaf: LeafClient, original: node_pb2.Node) -> None:
+def test_update_bmc_address_changes_the_address_only(
+    leaf: LeafClient, original: node_pb2.Node
+) -> None:
     body = patch("node-1", bmc=node_pb2.BmcInfo(address="10.1.0.77"))
     updated = leaf.stub.UpdateNode(update_request(body, "bmc.address"))
     assert updated.bmc.address == "10.1.0.77"
@@ -232,7 +252,9 @@ def test_update_with_a_stale_etag_is_aborted_and_changes_nothing(
     err = expect_error(
         grpc.StatusCode.ABORTED,
         leaf.stub.UpdateNode,
-        update_request(patch("node-1", resource_class="second", etag=original.etag), "resource_class"),
+        update_request(
+            patch("node-1", resource_class="second", etag=original.etag), "resource_class"
+        ),
     )
     assert error_info(err).reason == "ETAG_MISMATCH"
     assert "node-1" in err.details()
@@ -260,9 +282,13 @@ def test_an_unknown_update_mask_path_is_invalid_argument_naming_update_mask(
     leaf: LeafClient, original: node_pb2.Node, path: str
 ) -> None:
     before = leaf.snapshot()
-    body = patch("node-1", resource_class="changed", provision_state=node_pb2.PROVISION_STATE_ACTIVE)
+    body = patch(
+        "node-1", resource_class="changed", provision_state=node_pb2.PROVISION_STATE_ACTIVE
+    )
     err = expect_error(
-        grpc.StatusCode.INVALID_ARGUMENT, leaf.stub.UpdateNode, update_request(body, "resource_class", path)
+        grpc.StatusCode.INVALID_ARGUMENT,
+        leaf.stub.UpdateNode,
+        update_request(body, "resource_class", path),
     )
     assert violation_fields(err) == ["update_mask"]
     assert leaf.snapshot() == before
@@ -286,7 +312,9 @@ def test_update_with_a_mac_of_another_node_is_already_exists_and_changes_nothing
 ) -> None:
     before = leaf.snapshot()
     body = patch("node-1", ports=ports("52:54:00:00:00:01", "52:54:00:00:00:99"))
-    err = expect_error(grpc.StatusCode.ALREADY_EXISTS, leaf.stub.UpdateNode, update_request(body, "ports"))
+    err = expect_error(
+        grpc.StatusCode.ALREADY_EXISTS, leaf.stub.UpdateNode, update_request(body, "ports")
+    )
     assert "cells/rack-1/nodes/bystander" in err.details()
     assert error_info(err).metadata["node"] == "cells/rack-1/nodes/bystander"
     assert leaf.snapshot() == before
@@ -297,7 +325,11 @@ def test_update_with_a_mac_of_another_node_is_already_exists_and_changes_nothing
     [
         (node_pb2.Node(ports=ports("nope")), "ports", "node.ports[0].mac"),
         (node_pb2.Node(traits=["lower"]), "traits", "node.traits[0]"),
-        (node_pb2.Node(properties=node_pb2.NodeProperties(cpus=-2)), "properties.cpus", "node.properties.cpus"),
+        (
+            node_pb2.Node(properties=node_pb2.NodeProperties(cpus=-2)),
+            "properties.cpus",
+            "node.properties.cpus",
+        ),
         (node_pb2.Node(bmc=node_pb2.BmcInfo(driver="redfish")), "bmc.driver", "node.bmc.driver"),
         (node_pb2.Node(bmc=node_pb2.BmcInfo(driver="ipmi")), "bmc", "node.bmc.address"),
         (
@@ -313,7 +345,9 @@ def test_update_with_a_bad_value_in_a_masked_field_is_invalid_argument_naming_it
 ) -> None:
     before = leaf.snapshot()
     body.name = node_name("node-1")
-    err = expect_error(grpc.StatusCode.INVALID_ARGUMENT, leaf.stub.UpdateNode, update_request(body, path))
+    err = expect_error(
+        grpc.StatusCode.INVALID_ARGUMENT, leaf.stub.UpdateNode, update_request(body, path)
+    )
     assert violation_fields(err) == [field]
     assert leaf.snapshot() == before
 
@@ -338,9 +372,13 @@ def test_update_of_an_unknown_node_is_not_found(leaf: LeafClient, original: node
     assert leaf.snapshot() == before
 
 
-def test_update_of_a_node_in_another_cell_is_not_found(leaf: LeafClient, original: node_pb2.Node) -> None:
+def test_update_of_a_node_in_another_cell_is_not_found(
+    leaf: LeafClient, original: node_pb2.Node
+) -> None:
     body = node_pb2.Node(name="cells/rack-2/nodes/node-1", resource_class="x")
-    expect_error(grpc.StatusCode.NOT_FOUND, leaf.stub.UpdateNode, update_request(body, "resource_class"))
+    expect_error(
+        grpc.StatusCode.NOT_FOUND, leaf.stub.UpdateNode, update_request(body, "resource_class")
+    )
     assert leaf.get("node-1") == original
 
 
@@ -349,7 +387,11 @@ def test_update_with_a_malformed_name_is_invalid_argument_naming_node_name(
     leaf: LeafClient, original: node_pb2.Node, name: str
 ) -> None:
     body = node_pb2.Node(name=name, resource_class="x")
-    err = expect_error(grpc.StatusCode.INVALID_ARGUMENT, leaf.stub.UpdateNode, update_request(body, "resource_class"))
+    err = expect_error(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        leaf.stub.UpdateNode,
+        update_request(body, "resource_class"),
+    )
     assert violation_fields(err) == ["node.name"]
     assert leaf.get("node-1") == original
 
@@ -362,7 +404,9 @@ def test_update_of_instance_info_during_a_deploy_is_failed_precondition(
     before = leaf.snapshot()
     body = patch("node-1", instance_info=node_pb2.InstanceInfo(image_url="http://images/b.img"))
     err = expect_error(
-        grpc.StatusCode.FAILED_PRECONDITION, leaf.stub.UpdateNode, update_request(body, "instance_info.image_url")
+        grpc.StatusCode.FAILED_PRECONDITION,
+        leaf.stub.UpdateNode,
+        update_request(body, "instance_info.image_url"),
     )
     assert state in err.details()
     assert leaf.snapshot() == before

@@ -30,7 +30,9 @@ def unpack(status, kind):
 
 
 def test_invalid_argument_carries_every_violation_in_a_bad_request() -> None:
-    err = InvalidArgument.of([FieldViolation("node_id", "is required"), FieldViolation("node.ports[0].mac", "bad")])
+    err = InvalidArgument.of(
+        [FieldViolation("node_id", "is required"), FieldViolation("node.ports[0].mac", "bad")]
+    )
     status = status_of(err)
     assert status.code == code_pb2.INVALID_ARGUMENT
     assert "node_id: is required" in status.message
@@ -55,7 +57,10 @@ def test_errors_without_violations_carry_no_bad_request_but_their_metadata() -> 
 def test_each_error_class_maps_to_its_grpc_code() -> None:
     assert NotFound("x").code == grpc.StatusCode.NOT_FOUND
     assert EtagMismatch(given="e", name="n").code == grpc.StatusCode.ABORTED
-    assert NodeLocked(name="n", holder="h", purpose="p", since="s").code == grpc.StatusCode.FAILED_PRECONDITION
+    assert (
+        NodeLocked(name="n", holder="h", purpose="p", since="s").code
+        == grpc.StatusCode.FAILED_PRECONDITION
+    )
 
 
 def test_templated_messages_name_their_parameters() -> None:

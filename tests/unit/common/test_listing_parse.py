@@ -22,7 +22,15 @@ def fields_of(exc: pytest.ExceptionInfo[InvalidArgument]) -> list[str]:
 
 @pytest.mark.parametrize(
     ("requested", "expected"),
-    [(0, DEFAULT_PAGE_SIZE), (1, 1), (100, 100), (999, 999), (1000, 1000), (1001, 1000), (2**31 - 1, 1000)],
+    [
+        (0, DEFAULT_PAGE_SIZE),
+        (1, 1),
+        (100, 100),
+        (999, 999),
+        (1000, 1000),
+        (1001, 1000),
+        (2**31 - 1, 1000),
+    ],
 )
 def test_page_size_defaults_zero_to_100_and_caps_at_1000(requested: int, expected: int) -> None:
     assert DEFAULT_PAGE_SIZE == 100

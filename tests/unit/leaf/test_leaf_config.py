@@ -45,7 +45,9 @@ def test_postgresql_requires_a_key_file() -> None:
     assert "secret_key_file" in str(exc.value)
 
 
-def test_settings_come_from_rackcells_leaf_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_settings_come_from_rackcells_leaf_environment_variables(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("RACKCELLS_LEAF_CELL", "rack-9")
     monkeypatch.setenv("RACKCELLS_LEAF_WORKERS", "3")
     config = parse(LeafConfig, ["--listen", "127.0.0.1:0"], ENV_PREFIX, "rackcells-leaf")

@@ -71,13 +71,28 @@ def test_star_expands_to_every_mutable_path() -> None:
 
 
 def test_known_paths_and_sub_paths_are_accepted() -> None:
-    paths = ["resource_class", "properties.cpus", "bmc.password", "instance_info.image_url", "ports"]
+    paths = [
+        "resource_class",
+        "properties.cpus",
+        "bmc.password",
+        "instance_info.image_url",
+        "ports",
+    ]
     assert normalize_paths(paths) == set(paths)
 
 
 @pytest.mark.parametrize(
     "paths",
-    [[], ["uid"], ["name"], ["provision_state"], ["bmc.password_set"], ["traits.x"], ["properties."], [""]],
+    [
+        [],
+        ["uid"],
+        ["name"],
+        ["provision_state"],
+        ["bmc.password_set"],
+        ["traits.x"],
+        ["properties."],
+        [""],
+    ],
 )
 def test_unknown_or_missing_paths_are_rejected_naming_update_mask(paths: list[str]) -> None:
     with pytest.raises(InvalidArgument) as exc:
@@ -86,7 +101,9 @@ def test_unknown_or_missing_paths_are_rejected_naming_update_mask(paths: list[st
 
 
 def test_check_node_returns_the_normalised_macs_in_order() -> None:
-    node = good_node(ports=[node_pb2.Port(mac="AA-BB-CC-DD-EE-02"), node_pb2.Port(mac="aabbccddee01")])
+    node = good_node(
+        ports=[node_pb2.Port(mac="AA-BB-CC-DD-EE-02"), node_pb2.Port(mac="aabbccddee01")]
+    )
     assert check_node(node, None) == ["aa:bb:cc:dd:ee:02", "aa:bb:cc:dd:ee:01"]
 
 
@@ -123,7 +140,9 @@ def test_check_node_reports_every_violation_at_once_with_request_paths() -> None
 
 
 def test_a_mac_twice_in_one_request_is_a_violation_on_the_second() -> None:
-    node = good_node(ports=[node_pb2.Port(mac="aa:bb:cc:dd:ee:ff"), node_pb2.Port(mac="AABBCCDDEEFF")])
+    node = good_node(
+        ports=[node_pb2.Port(mac="aa:bb:cc:dd:ee:ff"), node_pb2.Port(mac="AABBCCDDEEFF")]
+    )
     with pytest.raises(InvalidArgument) as exc:
         check_node(node, None)
     assert fields_of(exc) == ["node.ports[1].mac"]
@@ -162,7 +181,9 @@ def test_extra_is_limited_in_keys_and_value_size() -> None:
 
 
 def test_a_valid_checksum_and_image_url_pass() -> None:
-    info = node_pb2.InstanceInfo(image_url="https://img/x.qcow2", image_checksum="sha256:" + "0f" * 32)
+    info = node_pb2.InstanceInfo(
+        image_url="https://img/x.qcow2", image_checksum="sha256:" + "0f" * 32
+    )
     assert check_node(good_node(instance_info=info), None) == []
 
 

@@ -43,7 +43,11 @@ def test_surrounding_whitespace_of_the_filter_does_not_change_the_query() -> Non
 
 @pytest.mark.parametrize(
     ("filter_text", "order_by"),
-    [("maintenance = false", ""), ("maintenance = true", "name desc"), ("maintenance = true", "create_time")],
+    [
+        ("maintenance = false", ""),
+        ("maintenance = true", "name desc"),
+        ("maintenance = true", "create_time"),
+    ],
 )
 def test_a_token_of_another_filter_or_order_is_rejected_naming_page_token(
     filter_text: str, order_by: str
@@ -124,9 +128,14 @@ def engine() -> Iterator[Engine]:
         for node_id, rc, offset, traits in ROWS:
             session.add(
                 NodeRow(
-                    uid=node_id, node_id=node_id, resource_class=rc, bmc_driver="fake",
-                    provision_state="ENROLL", create_time=T0 + timedelta(seconds=offset),
-                    update_time=T0, provision_update_time=T0,
+                    uid=node_id,
+                    node_id=node_id,
+                    resource_class=rc,
+                    bmc_driver="fake",
+                    provision_state="ENROLL",
+                    create_time=T0 + timedelta(seconds=offset),
+                    update_time=T0,
+                    provision_update_time=T0,
                     trait_rows=[TraitRow(trait=t) for t in traits],
                 )
             )
@@ -142,12 +151,16 @@ def page_through(engine: Engine, filter_text: str, order_by: str, size: int) -> 
         for _ in range(100):
             stmt = queries.apply_filter(select(NodeRow), flt)
             if token:
-                stmt = stmt.where(queries.seek_after(order, queries.decode_token(token, filter_text, order)))
+                stmt = stmt.where(
+                    queries.seek_after(order, queries.decode_token(token, filter_text, order))
+                )
             rows = list(session.scalars(queries.apply_order(stmt, order).limit(size + 1)))
             listed.extend(r.node_id for r in rows[:size])
             if len(rows) <= size:
                 return listed
-            token = queries.encode_token(filter_text, order, queries.sort_values(rows[size - 1], order))
+            token = queries.encode_token(
+                filter_text, order, queries.sort_values(rows[size - 1], order)
+            )
     raise AssertionError("paging never ended")
 
 
