@@ -54,8 +54,6 @@ async def change_provision_state(
         raise InvalidArgument.field(
             "action", "must be one of MANAGE, PROVIDE, DEPLOY, UNDEPLOY, ABORT"
         )
-    if event not in _IMPLEMENTED:
-        raise Unimplemented(f"action {event.value} is not available in this release")
     node = await conductor.db(conductor.nodes.get, req.name)
     if req.etag and req.etag != node.etag:
         raise EtagMismatch(given=req.etag, name=req.name)
@@ -68,6 +66,8 @@ async def change_provision_state(
         raise FailedPrecondition(
             f"node {req.name}: {exc}", metadata={"provision_state": current.value}
         ) from None
+    if event not in _IMPLEMENTED:
+        raise Unimplemented(f"action {event.value} is not available in this release")
     if node.maintenance:
         raise FailedPrecondition(
             f"node {req.name} is in maintenance; turn maintenance off before {event.value}"
@@ -169,5 +169,6 @@ async def _verify(conductor: Conductor, lease: Lease, op_id: str) -> None:
         error = (grpc.StatusCode.INTERNAL, f"verify failed: {type(exc).__name__}")
     finally:
         if not cancelled:
-            await conductor.db(conductor.operations.finish, op_id, error)
+            # Release before finishing: a waiter woken by the finish must see the node unlocked.
             await conductor.db(conductor.locks.release, lease)
+            await conductor.db(conductor.operations.finish, op_id, error)

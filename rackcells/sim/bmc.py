@@ -42,7 +42,7 @@ from typing import Any, Protocol
 
 import pyghmi.ipmi.bmc as pyghmi_bmc
 import pyghmi.ipmi.private.constants as ipmi_constants
-import pyghmi.ipmi.private.serversession as serversession
+from pyghmi.ipmi.private import serversession
 
 from rackcells.sim.faults import FaultState
 from rackcells.sim.machine import MachineSnapshot, PowerStateError, VirtualMachine
@@ -66,8 +66,15 @@ _CC_INVALID_DATA = 0xCC
 _SUITE3 = (1, 1, 1)  # RAKP-HMAC-SHA1, HMAC-SHA1-96, AES-CBC-128
 
 #: IPMI boot-flag device selector (data2 bits 5:2) <-> our boot-device names.
-SELECTOR_TO_DEVICE = {0: "default", 1: "pxe", 2: "disk", 3: "safe", 5: "cdrom", 6: "bios",
-                      15: "floppy"}
+SELECTOR_TO_DEVICE = {
+    0: "default",
+    1: "pxe",
+    2: "disk",
+    3: "safe",
+    5: "cdrom",
+    6: "bios",
+    15: "floppy",
+}
 DEVICE_TO_SELECTOR = {name: sel for sel, name in SELECTOR_TO_DEVICE.items()}
 
 SockAddr = Any  # what socket.recvfrom returns: (host, port) or (host, port, flow, scope)
@@ -101,14 +108,14 @@ def classify(data: bytes) -> PacketKind:
     return PacketKind.PRESESSION if data[9:13] == _ZERO_ID else PacketKind.JUNK
 
 
-def proposed_algorithms(request: bytes) -> tuple[int, int, int] | None:
+def proposed_algorithms(request: bytes | bytearray) -> tuple[int, int, int] | None:
     """Authentication, integrity and confidentiality algorithms of an open-session request."""
     if len(request) < 32:
         return None
     return (request[12] & 0x3F, request[20] & 0x3F, request[28] & 0x3F)
 
 
-def open_session_refusal(request: bytes) -> bytes:
+def open_session_refusal(request: bytes | bytearray) -> bytes:
     """RMCP+ open-session response refusing the proposed cipher suite (status 0x11)."""
     payload = bytes([request[0], _STATUS_NO_CIPHER_SUITE, 0, 0]) + bytes(request[4:8])
     header = _RMCP_IPMI + bytes([6, _PAYLOAD_OPEN_RESPONSE]) + _ZERO_ID + _ZERO_ID
@@ -129,6 +136,12 @@ class BmcHost(Protocol):
     def machine_changed(self, bmc: SimBmc) -> None:
         """The machine's state changed; schedule its next POST deadline."""
         ...
+
+
+class Responder(Protocol):
+    """The part of a server session a request handler answers through."""
+
+    def send_ipmi_response(self, data: Any = ..., code: int = ...) -> None: ...
 
 
 class _Accounts:
@@ -327,19 +340,19 @@ class SimBmc(pyghmi_bmc.Bmc):  # type: ignore[misc]
         return "on" if self.machine.power_on else "off"
 
     def power_on(self) -> int:
-        return self._power(lambda now: self.machine.press_power_on(now))
+        return self._power(self.machine.press_power_on)
 
     def power_off(self) -> int:
-        return self._power(lambda now: self.machine.press_power_off(now))
+        return self._power(self.machine.press_power_off)
 
     def power_cycle(self) -> int:
-        return self._power(lambda now: self.machine.power_cycle(now))
+        return self._power(self.machine.power_cycle)
 
     def power_reset(self) -> int:
-        return self._power(lambda now: self.machine.hard_reset(now))
+        return self._power(self.machine.hard_reset)
 
     def power_shutdown(self) -> int:
-        return self._power(lambda now: self.machine.soft_off(now))
+        return self._power(self.machine.soft_off)
 
     def pulse_diag(self) -> int:
         return 0  # an NMI changes nothing the simulator models
@@ -362,7 +375,7 @@ class SimBmc(pyghmi_bmc.Bmc):  # type: ignore[misc]
 
     # -- pyghmi Bmc hooks: boot options --------------------------------------------------
 
-    def get_system_boot_options(self, request: dict[str, Any], session: SimSession) -> None:
+    def get_system_boot_options(self, request: dict[str, Any], session: Responder) -> None:
         parameter = request["data"][0] & 0x7F if request["data"] else -1
         if parameter == 5:
             machine = self.machine
@@ -370,14 +383,14 @@ class SimBmc(pyghmi_bmc.Bmc):  # type: ignore[misc]
             flags = 0
             if machine.boot_device != "default":
                 flags = 0x80 | (0x40 if machine.persistent else 0) | (0x20 if machine.efi else 0)
-            selector = DEVICE_TO_SELECTOR[machine.boot_device] << 2
+            selector = DEVICE_TO_SELECTOR[machine.boot_device]
             session.send_ipmi_response(data=[1, 5, flags, selector, 0, 0, 0])
         elif parameter == 0:
             session.send_ipmi_response(data=[1, 0, 0])  # set-in-progress: set complete
         else:
             session.send_ipmi_response(code=_CC_BAD_PARAMETER)
 
-    def set_system_boot_options(self, request: dict[str, Any], session: SimSession) -> None:
+    def set_system_boot_options(self, request: dict[str, Any], session: Responder) -> None:
         data = request["data"]
         parameter = data[0] & 0x7F if data else -1
         if parameter in (0, 3, 4):

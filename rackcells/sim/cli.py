@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from rackcells.sim.faults import FaultSpec, FaultSpecError, parse_fault_spec
+from rackcells.sim.faults import FaultSpecError, parse_fault_spec
 from rackcells.sim.inventory import rack_label, validate_prefix
 from rackcells.sim.supervisor import MAX_PER_WORKER, RackOptions, RackSupervisor
 
@@ -56,31 +56,68 @@ def _build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     rack.add_argument("--nodes", type=int, required=True, help="number of machines")
-    rack.add_argument("--bmc-port-base", type=int, required=True, metavar="PORT",
-                      help="UDP port of the first BMC; node i listens on PORT+i-1")
-    rack.add_argument("--address", default="127.0.0.1",
-                      help="address the BMCs bind and the inventory names (default %(default)s)")
-    rack.add_argument("--post-seconds", type=float, default=5.0, metavar="S",
-                      help="time a machine spends in POST after power-on (default %(default)s)")
-    rack.add_argument("--inventory-out", type=Path, required=True, metavar="FILE",
-                      help="write the node inventory (JSON list) here when ready")
+    rack.add_argument(
+        "--bmc-port-base",
+        type=int,
+        required=True,
+        metavar="PORT",
+        help="UDP port of the first BMC; node i listens on PORT+i-1",
+    )
+    rack.add_argument(
+        "--address",
+        default="127.0.0.1",
+        help="address the BMCs bind and the inventory names (default %(default)s)",
+    )
+    rack.add_argument(
+        "--post-seconds",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="time a machine spends in POST after power-on (default %(default)s)",
+    )
+    rack.add_argument(
+        "--inventory-out",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help="write the node inventory (JSON list) here when ready",
+    )
     rack.add_argument("--username", default="admin", help="BMC user (default %(default)s)")
-    rack.add_argument("--password", default=None,
-                      help="BMC password (default: random, see the inventory)")
-    rack.add_argument("--name-prefix", default="r1-n",
-                      help="node names are PREFIX0001... (default %(default)s)")
-    rack.add_argument("--rack", default=None,
-                      help="rack label for the CUSTOM_RACK_ trait (default: from the prefix)")
-    rack.add_argument("--control-port", type=int, default=0,
-                      help="control API TCP port on 127.0.0.1 (default 0: any free port)")
-    rack.add_argument("--fault", action="append", default=[], metavar="SPEC",
-                      help="inject a fault, see below")
-    rack.add_argument("--seed", type=int, default=0,
-                      help="seed for fraction targets and packet loss (default %(default)s)")
-    rack.add_argument("--per-worker", type=int, default=MAX_PER_WORKER,
-                      help=f"BMCs per worker process, 1..{MAX_PER_WORKER} (default %(default)s)")
-    rack.add_argument("--log-level", default="WARNING",
-                      choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    rack.add_argument(
+        "--password", default=None, help="BMC password (default: random, see the inventory)"
+    )
+    rack.add_argument(
+        "--name-prefix", default="r1-n", help="node names are PREFIX0001... (default %(default)s)"
+    )
+    rack.add_argument(
+        "--rack",
+        default=None,
+        help="rack label for the CUSTOM_RACK_ trait (default: from the prefix)",
+    )
+    rack.add_argument(
+        "--control-port",
+        type=int,
+        default=0,
+        help="control API TCP port on 127.0.0.1 (default 0: any free port)",
+    )
+    rack.add_argument(
+        "--fault", action="append", default=[], metavar="SPEC", help="inject a fault, see below"
+    )
+    rack.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed for fraction targets and packet loss (default %(default)s)",
+    )
+    rack.add_argument(
+        "--per-worker",
+        type=int,
+        default=MAX_PER_WORKER,
+        help=f"BMCs per worker process, 1..{MAX_PER_WORKER} (default %(default)s)",
+    )
+    rack.add_argument(
+        "--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
     return parser
 
 

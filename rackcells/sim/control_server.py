@@ -66,7 +66,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         self._dispatch("POST")
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib name
+    def log_message(self, format: str, *args: Any) -> None:
         LOG.debug("control %s " + format, self.client_address[0], *args)
 
     def _dispatch(self, method: str) -> None:
@@ -139,7 +139,9 @@ class ControlServer(ThreadingHTTPServer):
 
     def start(self) -> None:
         self._thread = threading.Thread(
-            target=self.serve_forever, kwargs={"poll_interval": 0.2}, name="control-http",
+            target=self.serve_forever,
+            kwargs={"poll_interval": 0.2},
+            name="control-http",
             daemon=True,
         )
         self._thread.start()

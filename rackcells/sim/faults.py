@@ -136,7 +136,7 @@ def _resolve_target(
     fraction = _as_fraction(target)
     if fraction is not None:
         picks = max(1, round(fraction * count)) if fraction > 0 else 0
-        rng = random.Random(f"{seed}/{spec.kind}/{target}")
+        rng = random.Random(f"{seed}/{spec.kind}/{target}")  # noqa: S311 - reproducible, not secret
         return rng.sample(range(1, count + 1), min(picks, count))
     if target.isdigit():
         return [_checked_index(int(target), count, target)]

@@ -38,7 +38,7 @@ def free_udp_port_base(count: int, address: str = LOOPBACK) -> int:
     Picked below Linux's ephemeral range (32768+) so client source ports cannot take them
     between the check and the simulator's bind.
     """
-    rng = random.Random()
+    rng = random.Random()  # noqa: S311 - spreading test runs, not a secret
     for _ in range(200):
         base = rng.randrange(20000, 32000 - count)
         sockets: list[socket.socket] = []
@@ -130,7 +130,7 @@ def start_rack(
     workdir: Path,
     *extra: str,
     prefix: str = "t1-n",
-    password: str = "s3cret-pw",
+    password: str = "s3cret-pw",  # noqa: S107 - a loopback test rack
     address: str = LOOPBACK,
     port_base: int | None = None,
 ) -> RunningSim:
@@ -143,10 +143,25 @@ def start_rack(
     stderr_path = workdir / "sim-stderr.txt"
     inventory_path = workdir / "inventory.json"
     cmd = [
-        sys.executable, "-m", "rackcells.sim.cli", "rack",
-        "--nodes", str(nodes), "--bmc-port-base", str(base), "--address", address,
-        "--inventory-out", str(inventory_path), "--password", password,
-        "--name-prefix", prefix, "--control-port", "0", *extra,
+        sys.executable,
+        "-m",
+        "rackcells.sim.cli",
+        "rack",
+        "--nodes",
+        str(nodes),
+        "--bmc-port-base",
+        str(base),
+        "--address",
+        address,
+        "--inventory-out",
+        str(inventory_path),
+        "--password",
+        password,
+        "--name-prefix",
+        prefix,
+        "--control-port",
+        "0",
+        *extra,
     ]
     with stderr_path.open("w") as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True)

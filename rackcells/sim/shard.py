@@ -144,7 +144,7 @@ class Shard:
                 faults=cfg.faults.get(node.index, FaultState()),
                 host=self,
                 system_uuid=uuid.uuid5(_UUID_NAMESPACE, node.name),
-                rng=random.Random(f"{cfg.seed}/loss/{node.index}"),
+                rng=random.Random(f"{cfg.seed}/loss/{node.index}"),  # noqa: S311 - reproducible
             )
             self.bmcs[node.name] = bmc
             self.selector.register(sock, selectors.EVENT_READ, bmc)

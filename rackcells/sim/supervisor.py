@@ -12,6 +12,7 @@ exit status 1, because a rack with a silently missing shard would make every lat
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import multiprocessing
@@ -202,15 +203,15 @@ class RackSupervisor:
                 if obj is self._wake_read:
                     self._drain_wakeup()
                 elif obj in pending:
-                    worker = pending.pop(obj)  # type: ignore[call-overload]
+                    worker = pending.pop(obj)
                     try:
                         reply = worker.conn.recv()
                     except EOFError:
                         return f"worker {worker.worker_id} died during start-up"
                     if reply[0] != "ready":
                         return f"worker {worker.worker_id}: {reply[1]}"
-                elif obj in sentinels and sentinels[obj].conn in pending:  # type: ignore[index]
-                    worker = sentinels[obj]  # type: ignore[index]
+                elif obj in sentinels and sentinels[obj].conn in pending:
+                    worker = sentinels[obj]
                     return f"worker {worker.worker_id} exited during start-up"
         return None
 
@@ -221,7 +222,7 @@ class RackSupervisor:
                 if obj is self._wake_read:
                     self._drain_wakeup()
                     continue
-                worker = sentinels[obj]  # type: ignore[index]
+                worker = sentinels[obj]
                 worker.process.join()
                 print(
                     f"rackcells-sim: worker {worker.worker_id} (pid {worker.process.pid}) "
@@ -237,10 +238,8 @@ class RackSupervisor:
         forward = self._stop_signal or signal.SIGTERM
         for worker in self.workers:
             if worker.process.is_alive() and worker.process.pid is not None:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(worker.process.pid, forward)
-                except ProcessLookupError:
-                    pass
         for worker in self.workers:
             worker.process.join(_STOP_GRACE)
             if worker.process.is_alive():

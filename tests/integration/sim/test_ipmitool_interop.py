@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -12,7 +13,10 @@ from rackcells.sim.harness import RunningSim
 
 pytestmark = [
     pytest.mark.ipmitool,
-    pytest.mark.skipif(shutil.which("ipmitool") is None, reason="ipmitool is not on PATH"),
+    pytest.mark.skipif(
+        shutil.which("ipmitool") is None and not os.environ.get("RACKCELLS_REQUIRE_IPMITOOL"),
+        reason="ipmitool is not on PATH (apt-get install ipmitool)",
+    ),
 ]
 
 NODES = 5
@@ -21,15 +25,32 @@ BAD_CREDENTIALS_NODE = 5
 
 @pytest.fixture(scope="module")
 def sim(launch_sim: Callable[..., RunningSim]) -> RunningSim:
-    return launch_sim(NODES, "--post-seconds", "0",
-                      "--fault", f"bad-credentials:{BAD_CREDENTIALS_NODE}")
+    return launch_sim(
+        NODES, "--post-seconds", "0", "--fault", f"bad-credentials:{BAD_CREDENTIALS_NODE}"
+    )
 
 
-def ipmitool(sim: RunningSim, index: int, *args: str,
-             password: str | None = None) -> subprocess.CompletedProcess[str]:
-    cmd = ["ipmitool", "-I", "lanplus", "-H", "127.0.0.1", "-p", str(sim.port(index)),
-           "-U", "admin", "-P", password if password is not None else sim.password,
-           "-R", "1", "-N", "1", *args]
+def ipmitool(
+    sim: RunningSim, index: int, *args: str, password: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    cmd = [
+        "ipmitool",
+        "-I",
+        "lanplus",
+        "-H",
+        "127.0.0.1",
+        "-p",
+        str(sim.port(index)),
+        "-U",
+        "admin",
+        "-P",
+        password if password is not None else sim.password,
+        "-R",
+        "1",
+        "-N",
+        "1",
+        *args,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
 
 

@@ -23,8 +23,9 @@ def sim(launch_sim: Callable[..., RunningSim]) -> RunningSim:
 
 
 def connect(sim: RunningSim, index: int) -> command.Command:
-    return command.Command(bmc="127.0.0.1", port=sim.port(index), userid=b"admin",
-                           password=sim.password.encode())
+    return command.Command(
+        bmc="127.0.0.1", port=sim.port(index), userid=b"admin", password=sim.password.encode()
+    )
 
 
 def test_power_and_boot_device_on_several_bmcs_from_one_client(sim: RunningSim) -> None:
@@ -42,8 +43,8 @@ def test_power_and_boot_device_on_several_bmcs_from_one_client(sim: RunningSim) 
         assert machine["sessions_opened"] == 1
 
     for i in indices:
-        wait_until(lambda i=i: sim.control.machine(sim.name(i))["phase"] == "booted",
-                   f"{sim.name(i)} to finish POST")
+        name = sim.name(i)
+        wait_until(lambda: sim.control.machine(name)["phase"] == "booted", f"{name} to boot")  # noqa: B023
         machine = sim.control.machine(sim.name(i))
         assert machine["booted_from"] == "pxe"
         assert machine["boot_device"] == "default"  # one-time override consumed

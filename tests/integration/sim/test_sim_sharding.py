@@ -35,8 +35,12 @@ def test_300_nodes_run_in_two_workers_behind_one_control_api(rack300: RunningSim
 
 def test_first_and_last_bmc_answer_ipmi(rack300: RunningSim) -> None:
     for index in (1, 300):
-        client = command.Command(bmc="127.0.0.1", port=rack300.port(index), userid=b"admin",
-                                 password=rack300.password.encode())
+        client = command.Command(
+            bmc="127.0.0.1",
+            port=rack300.port(index),
+            userid=b"admin",
+            password=rack300.password.encode(),
+        )
         client.set_power("on")
         assert client.get_power() == {"powerstate": "on"}
         assert rack300.control.machine(rack300.name(index))["power"] == "on"
@@ -71,6 +75,8 @@ def test_a_dying_worker_takes_the_simulator_down_with_an_error(tmp_path: Path) -
 
 
 def test_port_in_use_fails_start_up(tmp_path: Path) -> None:
-    with running_rack(2, tmp_path / "a") as first:
-        with pytest.raises(RuntimeError, match="cannot bind"):
-            start_rack(2, tmp_path / "b", port_base=first.port_base + 1)
+    with (
+        running_rack(2, tmp_path / "a") as first,
+        pytest.raises(RuntimeError, match="cannot bind"),
+    ):
+        start_rack(2, tmp_path / "b", port_base=first.port_base + 1)

@@ -73,10 +73,16 @@ def test_names_indices_ranges_and_all() -> None:
     assert select_targets(parse_fault_spec("slow:all"), NAMES[:3], 0) == [1, 2, 3]
 
 
-@pytest.mark.parametrize(("target", "reason"), [
-    ("0", "out of range"), ("1001", "out of range"), ("9-3", "empty index range"),
-    ("r2-n0001", "unknown target"), ("1.5", "fraction out of range"),
-])
+@pytest.mark.parametrize(
+    ("target", "reason"),
+    [
+        ("0", "out of range"),
+        ("1001", "out of range"),
+        ("9-3", "empty index range"),
+        ("r2-n0001", "unknown target"),
+        ("1.5", "fraction out of range"),
+    ],
+)
 def test_bad_targets(target: str, reason: str) -> None:
     with pytest.raises(FaultSpecError, match=reason):
         select_targets(parse_fault_spec(f"slow:{target}"), NAMES, 0)
@@ -104,9 +110,16 @@ def test_control_body_updates_and_clears() -> None:
     assert state == FaultState()
 
 
-@pytest.mark.parametrize("body", [
-    {"slow": "2"}, {"loss": 2.0}, {"unreachable": 1}, {"bogus": True}, {"slow": True},
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"slow": "2"},
+        {"loss": 2.0},
+        {"unreachable": 1},
+        {"bogus": True},
+        {"slow": True},
+    ],
+)
 def test_control_body_is_validated_before_anything_changes(body: dict[str, object]) -> None:
     state = FaultState(slow=1.0)
     with pytest.raises(FaultSpecError):

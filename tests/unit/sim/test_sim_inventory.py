@@ -58,8 +58,7 @@ def test_plan_rejects_ports_past_65535() -> None:
 def test_inventory_parses_as_rackcells_nodes(tmp_path: Path) -> None:
     path = tmp_path / "r1.json"
     nodes = plan_nodes("r1-n", 3, 16000)
-    write_inventory(path, nodes, address="127.0.0.1", username="admin", password="pw",
-                    rack="r1")
+    write_inventory(path, nodes, address="127.0.0.1", username="admin", password="pw", rack="r1")
     records = json.loads(path.read_text())
     assert [r["name"] for r in records] == ["r1-n0001", "r1-n0002", "r1-n0003"]
     assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
