@@ -383,7 +383,7 @@ class SimBmc(pyghmi_bmc.Bmc):  # type: ignore[misc]
             flags = 0
             if machine.boot_device != "default":
                 flags = 0x80 | (0x40 if machine.persistent else 0) | (0x20 if machine.efi else 0)
-            selector = DEVICE_TO_SELECTOR[machine.boot_device]
+            selector = DEVICE_TO_SELECTOR[machine.boot_device] << 2
             session.send_ipmi_response(data=[1, 5, flags, selector, 0, 0, 0])
         elif parameter == 0:
             session.send_ipmi_response(data=[1, 0, 0])  # set-in-progress: set complete
