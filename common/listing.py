@@ -126,6 +126,10 @@ def _split_and(text: str) -> list[str]:
         for token in lexer:
             if token == "AND":
                 terms.append([])
+            elif token == "OR":
+                raise InvalidArgument.field(
+                    "filter", "OR is not supported; conditions are joined by AND"
+                )
             else:
                 terms[-1].append(token)
     except ValueError as exc:
@@ -138,8 +142,6 @@ def parse_filter(text: str) -> Filter:
     text = text.strip()
     if not text:
         return Filter()
-    if re.search(r"\bOR\b", text):
-        raise InvalidArgument.field("filter", "OR is not supported; conditions are joined by AND")
     conditions: list[Condition] = []
     for term in _split_and(text):
         match = _TERM.match(term.strip())

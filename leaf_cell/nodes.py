@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any, cast
 
-from sqlalchemy import Connection, Engine, Table, insert, select
+from sqlalchemy import Connection, Engine, Table, delete, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
@@ -173,6 +173,7 @@ class NodeStore:
             raise InvalidArgument.of(violations)
         name = f"cells/{self.cell}/nodes/{req.node_id}"
         now = self._clock()
+        traits = sorted(node.traits)  # stored and returned in the order reads return them
         values = {
             "uid": str(uuid.uuid4()),
             "node_id": req.node_id,
@@ -215,9 +216,9 @@ class NodeStore:
                             for mac, port in zip(macs, node.ports, strict=True)
                         ],
                     )
-                if node.traits:
+                if traits:
                     conn.execute(
-                        insert(_TRAITS), [{"node_pk": pk, "trait": t} for t in node.traits]
+                        insert(_TRAITS), [{"node_pk": pk, "trait": t} for t in traits]
                     )
             lock = dict.fromkeys(
                 ("lock_holder", "lock_purpose", "lock_since", "lock_expires", "power_sync_time")
@@ -226,7 +227,7 @@ class NodeStore:
             return row_to_node(
                 created,
                 [(mac, port.pxe_enabled) for mac, port in zip(macs, node.ports, strict=True)],
-                list(node.traits),
+                traits,
                 self.cell,
             )
         except IntegrityError:
@@ -286,6 +287,7 @@ class NodeStore:
             row = self._load(session, node_id, name)
             if node.etag and node.etag != etag_of(row):
                 raise EtagMismatch(given=node.etag, name=name)
+            _check_effective_bmc(row, node, paths)
             touches_instance = any(p.partition(".")[0] == "instance_info" for p in paths)
             if touches_instance and row.provision_state in (State.DEPLOYING, State.WAIT_CALL_BACK):
                 raise FailedPrecondition(
@@ -318,7 +320,7 @@ class NodeStore:
         if "traits" in paths:
             row.trait_rows.clear()
             session.flush()
-            row.trait_rows.extend(TraitRow(trait=t) for t in node.traits)
+            row.trait_rows.extend(TraitRow(trait=t) for t in sorted(node.traits))
         for sub in ("cpus", "memory_mb", "local_gb", "cpu_arch"):
             if want("properties", sub):
                 setattr(row, sub, getattr(node.properties, sub))
@@ -369,11 +371,15 @@ class NodeStore:
                 raise FailedPrecondition(
                     f"node {req.name} is claimed by allocation {row.allocation}; delete that first"
                 )
-            session.delete(row)
-            try:
-                session.flush()
-            except StaleDataError:
-                raise EtagMismatch(f"node {req.name} changed while it was being deleted") from None
+            # A Core DELETE guarded by the revision read: ports and traits go by ON DELETE
+            # CASCADE, and a concurrent change makes it match nothing instead of racing.
+            deleted = session.execute(
+                delete(_NODES)
+                .where(_NODES.c.id == row.id)
+                .where(_NODES.c.revision == row.revision)
+            ).rowcount  # type: ignore[attr-defined]
+            if deleted != 1:
+                raise EtagMismatch(f"node {req.name} changed while it was being deleted")
 
 
 def _instance_info(node: node_pb2.Node) -> dict[str, str]:
@@ -384,3 +390,15 @@ def _instance_info(node: node_pb2.Node) -> dict[str, str]:
         "root_device": info.root_device,
     }
     return {k: v for k, v in values.items() if v}
+
+
+def _check_effective_bmc(row: NodeRow, node: node_pb2.Node, paths: set[str]) -> None:
+    """The BMC as it will be after the update must still be usable by its driver."""
+
+    def want(sub: str) -> bool:
+        return "bmc" in paths or f"bmc.{sub}" in paths
+
+    driver = node.bmc.driver if want("driver") else row.bmc_driver
+    address = node.bmc.address if want("address") else row.bmc_address
+    if driver == "ipmi" and not address:
+        raise InvalidArgument.field("node.bmc.address", "is required for the ipmi driver")

@@ -106,4 +106,14 @@ def decode_token(token: str, flt_text: str, order: OrderBy) -> list[Any]:
         )
     if not isinstance(values, list) or len(values) != len(order.keys):
         raise InvalidArgument.field("page_token", "is not a token this cell issued")
+    for key, value in zip(order.keys, values, strict=True):
+        if not isinstance(value, str):
+            raise InvalidArgument.field("page_token", "is not a token this cell issued")
+        if key.field in _TIME_FIELDS:
+            try:
+                datetime.fromisoformat(value)
+            except ValueError:
+                raise InvalidArgument.field(
+                    "page_token", "is not a token this cell issued"
+                ) from None
     return values

@@ -37,6 +37,7 @@ MUTABLE_PATHS: dict[str, tuple[str, ...]] = {
 }
 
 _MAC = re.compile(r"^[0-9a-f]{2}([:-]?)[0-9a-f]{2}(\1[0-9a-f]{2}){4}$")
+_CISCO_MAC = re.compile(r"^[0-9a-f]{4}\.[0-9a-f]{4}\.[0-9a-f]{4}$")
 _RESOURCE_CLASS = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,79}$")
 _TRAIT = re.compile(r"^[A-Z0-9_]{1,255}$")
 _CPU_ARCH = re.compile(r"^[a-z0-9_]{0,32}$")
@@ -48,7 +49,7 @@ _MAX_EXTRA = 64
 def normalize_mac(text: str) -> str | None:
     """``AA-BB-CC-DD-EE-FF`` / ``aabb.ccdd.eeff`` / ``aabbccddeeff`` → ``aa:bb:cc:dd:ee:ff``."""
     raw = text.strip().lower()
-    if "." in raw and len(raw) == 14:
+    if _CISCO_MAC.match(raw):
         raw = raw.replace(".", "")
     if not _MAC.match(raw):
         return None
@@ -63,8 +64,8 @@ def normalize_paths(paths: Iterable[str]) -> set[str]:
         if path == "*":
             result.update(MUTABLE_PATHS)
             continue
-        top, _, sub = path.partition(".")
-        if top not in MUTABLE_PATHS or (sub and sub not in MUTABLE_PATHS[top]):
+        top, sep, sub = path.partition(".")
+        if top not in MUTABLE_PATHS or (sep and sub not in MUTABLE_PATHS[top]):
             raise InvalidArgument.field(
                 "update_mask", f"{path!r} cannot be updated (one of {', '.join(MUTABLE_PATHS)})"
             )
@@ -156,6 +157,19 @@ def check_node(node: node_pb2.Node, paths: set[str] | None, prefix: str = "node"
                 violation(f"extra[{key!r}]", "value must be at most 4096 characters")
     if _covers(paths, "maintenance_reason") and len(node.maintenance_reason) > 1024:
         violation("maintenance_reason", "must be at most 1024 characters")
+    # PostgreSQL cannot store NUL in text; refuse it everywhere so both backends agree.
+    texts = {
+        "maintenance_reason": ("maintenance_reason", None, node.maintenance_reason),
+        "bmc.username": ("bmc", "username", bmc.username),
+        "bmc.password": ("bmc", "password", bmc.password),
+        "instance_info.image_url": ("instance_info", "image_url", info.image_url),
+        "instance_info.root_device": ("instance_info", "root_device", info.root_device),
+    }
+    for field, (top, sub, value) in texts.items():
+        if "\x00" in value and _covers(paths, top, sub):
+            violation(field, "must not contain a NUL character")
+    if _covers(paths, "extra") and any("\x00" in k + v for k, v in node.extra.items()):
+        violation("extra", "keys and values must not contain a NUL character")
     if bad:
         raise InvalidArgument.of(bad)
     return macs

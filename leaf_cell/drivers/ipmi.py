@@ -1,9 +1,10 @@
 """The ``ipmi`` driver: power and boot device over IPMI 2.0 (lanplus) with pyghmi, in-process.
 
 Why in-process sessions: an ``ipmitool`` subprocess per call costs a fork, an exec and a full
-RAKP login every time (~33 ms, mostly CPU); a reused pyghmi session answers a status request in
-about a millisecond.  So the driver keeps **one session per BMC** -- keyed by address, port,
-user and a hash of the password -- and logs in only when there is none or it broke.
+RAKP login every time (measured against the simulator: ~55 ms of CPU per status call); a reused
+pyghmi session answers one in about a millisecond of wall time and half of that in CPU.  So the
+driver keeps **one session per BMC** -- keyed by address, port, user and a hash of the
+password -- and logs in only when there is none or it broke.
 
 How a call runs (``_call``):
 
@@ -11,19 +12,20 @@ How a call runs (``_call``):
   sent one after the other and two threads never log in to the same BMC at once.  Slots of
   different BMCs are independent: logins to many BMCs proceed in parallel.
 * The pyghmi work runs in a worker thread while the caller waits on a future with its deadline.
-  pyghmi's own timers are far longer than a caller's budget (up to ~10 s for a dead BMC); the
+  pyghmi's own timers are longer than a caller's budget (up to ~10 s for a dead BMC); the
   caller gets ``TIMEOUT`` on time and the worker finishes in the background, still holding the
-  slot, so further calls to that BMC fail fast instead of piling up.  Threads are thereby
-  bounded: at most one busy worker per BMC, and at most ``max_workers`` in all.
+  slot, so later calls to that BMC wait for it (within their own timeout) instead of starting
+  more threads.  Threads are thereby bounded: one busy worker per BMC, ``max_workers`` in all.
 * In the worker: log in if needed, send the request(s); if a *reused* session turns out dead
   (BMC rebooted, session expired), drop it, log in again and retry once, within the deadline.
   Error completion codes are answers, not broken sessions: they are never retried.
 
 Sessions survive between power sweeps minutes apart because the driver sends a keepalive (Get
-Device ID, like pyghmi's own) on every session idle for ``keepalive_interval`` seconds, below
-pyghmi's 24 s and the BMC's ~60 s inactivity timeout; a failed keepalive drops the session so the
-next call logs in at once.  Sessions no call has used for ``idle_logout`` seconds are logged out.
-See :mod:`leaf_cell.drivers.pyghmi_compat` for why pyghmi's own keepalive is not used.
+Device ID, like pyghmi's own) on every session idle for ``keepalive_interval`` (20) seconds,
+before pyghmi's own 24 s timer and the BMC's ~60 s inactivity timeout; a failed keepalive drops
+the session so the next call logs in at once.  Sessions no call has used for ``idle_logout``
+seconds are logged out.  :mod:`leaf_cell.drivers.pyghmi_compat` explains why pyghmi's own
+keepalive is not used, and the pyghmi behaviour the driver works around.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -339,6 +341,8 @@ class IpmiDriver:
                 slot.lock.release()
             self._counters.add("timeouts")
             raise timed_out(bmc, timeout) from None
+        except CancelledError:  # close() dropped the queued work
+            raise RuntimeError("the ipmi driver is closed") from None
         except DriverError as err:
             if err.kind is DriverErrorKind.TIMEOUT:
                 self._counters.add("timeouts")
@@ -432,21 +436,16 @@ class IpmiDriver:
             compat.close_session(command)
 
     def _retire(self, slot: _Slot) -> Future[None] | None:
-        """Log a removed slot out: now in a worker if it is idle, else after its current call."""
-        slot.retired = True
-        if not slot.lock.acquire(blocking=False):
-            return None  # the worker that holds it logs out when it finishes (see _work)
+        """Log a removed slot out in a worker, as soon as its current call (if any) is done."""
+        slot.retired = True  # a call that started on the slot meanwhile logs out after itself
 
         def logout() -> None:
-            try:
+            with slot.lock:
                 self._drop_session(slot, logout=True)
-            finally:
-                slot.lock.release()
 
         try:
             return self._executor.submit(logout)
-        except RuntimeError:  # executor already shut down
-            slot.lock.release()
+        except RuntimeError:  # executor already shut down: nothing can talk to the BMC any more
             return None
 
     # -- keepalive ------------------------------------------------------------------------
@@ -464,7 +463,9 @@ class IpmiDriver:
     def _keepalive_loop(self) -> None:
         interval = self._keepalive_interval
         assert interval is not None
-        while not self._stop.wait(min(interval / 4, 5.0)):
+        # Checking every interval/5 (at most 4 s) pings a session after 20-24 s of silence with
+        # the default interval: before pyghmi's own timer (24-29 s) and the BMC's (~60 s).
+        while not self._stop.wait(min(interval / 5, 4.0)):
             try:
                 self._keepalive_round(interval)
             except Exception:  # never let the thread die; the next round tries again

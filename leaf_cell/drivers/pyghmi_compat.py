@@ -93,6 +93,7 @@ _LATE_WAIT_CAP = 0.25
 _UNMARKED_WAIT_CAP = 0.1
 _EXPECTED_WAIT_PARAMS = ["timeout", "myaddr", "evq"]
 
+_now = time.monotonic  # the wait bound's clock (a seam for tests)
 _window = threading.local()
 _install_lock = threading.Lock()
 _installed: list[Callable[..., Any]] = []  # the wrapper, once installed
@@ -138,14 +139,14 @@ class Failure:
 
 def start_wait_window() -> None:
     """Mark the start of an operation in this thread: waits are short again for a while."""
-    _window.started = time.monotonic()
+    _window.started = _now()
 
 
 def _wait_cap() -> float:
     started: float | None = getattr(_window, "started", None)
     if started is None:
         return _UNMARKED_WAIT_CAP
-    waited = time.monotonic() - started
+    waited = _now() - started
     for limit, cap in _WAIT_CAPS:
         if waited < limit:
             return cap

@@ -28,9 +28,9 @@ fault injection (repeatable --fault KIND[=VALUE][:TARGET[,TARGET...]]):
            loss=FRACTION        drop that fraction of received packets (default 0.5)
            bad-credentials[=PW] expect PW (default "not-<password>") instead of the
                                 inventory's password
-  targets: all (default), a fraction 0.05 or 5%% of the rack (picked with --seed),
+  targets: all (default), a fraction 0.05 or 5% of the rack (picked with --seed),
            a 1-based index 7, an index range 7-9, or a node name r1-n0007
-  examples: --fault unreachable:0.05 --fault slow=2.0:r1-n0007 --fault loss=0.3:10%%
+  examples: --fault unreachable:0.05 --fault slow=2.0:r1-n0007 --fault loss=0.3:10%
 Faults can be changed at run time: POST /machines/NAME/fault on the control API.
 
 control API (HTTP/JSON on 127.0.0.1, --control-port, 0 picks a free port):

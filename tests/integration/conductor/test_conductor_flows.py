@@ -67,12 +67,21 @@ def test_unspecified_action_is_invalid_and_changes_nothing(cell, fake) -> None: 
     cell.create("n4", "10.0.0.4")
     before = cell.get("n4")
     for call, req, field in [
-        (cell.nodes.ChangeProvisionState,
-         node_service_pb2.ChangeProvisionStateRequest(name="cells/rack-1/nodes/n4"), "action"),
-        (cell.nodes.SetPowerState,
-         node_service_pb2.SetPowerStateRequest(name="cells/rack-1/nodes/n4"), "action"),
-        (cell.nodes.SetBootDevice,
-         node_service_pb2.SetBootDeviceRequest(name="cells/rack-1/nodes/n4"), "device"),
+        (
+            cell.nodes.ChangeProvisionState,
+            node_service_pb2.ChangeProvisionStateRequest(name="cells/rack-1/nodes/n4"),
+            "action",
+        ),
+        (
+            cell.nodes.SetPowerState,
+            node_service_pb2.SetPowerStateRequest(name="cells/rack-1/nodes/n4"),
+            "action",
+        ),
+        (
+            cell.nodes.SetBootDevice,
+            node_service_pb2.SetBootDeviceRequest(name="cells/rack-1/nodes/n4"),
+            "device",
+        ),
     ]:
         with pytest.raises(grpc.RpcError) as err:
             call(req)
@@ -113,8 +122,12 @@ def test_a_locked_node_refuses_power_naming_holder_and_purpose(cell, fake, db_ur
         conn.execute(
             update(NodeRow.__table__)
             .where(NodeRow.__table__.c.node_id == "n7")
-            .values(lock_holder="conductor/other", lock_purpose="deploy", lock_since=now,
-                    lock_expires=now + timedelta(minutes=5))
+            .values(
+                lock_holder="conductor/other",
+                lock_purpose="deploy",
+                lock_since=now,
+                lock_expires=now + timedelta(minutes=5),
+            )
         )
     with pytest.raises(grpc.RpcError) as err:
         _power(cell, "n7", node_service_pb2.POWER_ACTION_ON)
@@ -135,11 +148,17 @@ def test_an_expired_lease_does_not_block(cell, fake, db_url) -> None:  # type: i
         conn.execute(
             update(NodeRow.__table__)
             .where(NodeRow.__table__.c.node_id == "n8")
-            .values(lock_holder="conductor/dead", lock_purpose="deploy", lock_since=past,
-                    lock_expires=past + timedelta(minutes=5))
+            .values(
+                lock_holder="conductor/dead",
+                lock_purpose="deploy",
+                lock_since=past,
+                lock_expires=past + timedelta(minutes=5),
+            )
         )
     engine.dispose()
-    assert _power(cell, "n8", node_service_pb2.POWER_ACTION_ON).power_state == node_pb2.POWER_STATE_ON
+    assert (
+        _power(cell, "n8", node_service_pb2.POWER_ACTION_ON).power_state == node_pb2.POWER_STATE_ON
+    )
     assert not cell.get("n8").HasField("lock")
 
 
@@ -175,9 +194,7 @@ def test_power_actions_are_recorded_as_events(cell, fake, db_url) -> None:  # ty
     _power(cell, "n11", node_service_pb2.POWER_ACTION_REBOOT)
     engine = create_engine(db_url)
     with engine.connect() as conn:
-        kinds = conn.execute(
-            select(EventRow.kind).where(EventRow.node_id == "n11")
-        ).scalars().all()
+        kinds = conn.execute(select(EventRow.kind).where(EventRow.node_id == "n11")).scalars().all()
     engine.dispose()
     assert "power" in kinds
 

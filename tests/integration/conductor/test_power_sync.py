@@ -27,7 +27,9 @@ def _rack(cell, fake, count: int) -> list[str]:  # type: ignore[no-untyped-def]
 def _events(db_url: str, node_id: str) -> list[str]:
     engine = create_engine(db_url)
     with engine.connect() as conn:
-        kinds = list(conn.execute(select(EventRow.kind).where(EventRow.node_id == node_id)).scalars())
+        kinds = list(
+            conn.execute(select(EventRow.kind).where(EventRow.node_id == node_id)).scalars()
+        )
     engine.dispose()
     return kinds
 
@@ -57,7 +59,7 @@ def test_out_of_band_change_is_recorded_as_an_event_and_accepted(cell, fake, db_
 
 @pytest.fixture
 def enforcing_cell(db_url, leaf_runner, fake):  # type: ignore[no-untyped-def]
-    from conftest import Cell
+    from conductorkit import Cell
 
     server = leaf_runner.start(db_url, bmc_timeout=1.0, power_sync_policy="enforce")
     c = Cell(server, leaf_runner)
@@ -101,10 +103,7 @@ def test_sweep_exports_duration_and_failures_as_metrics(cell, fake) -> None:  # 
     cell.run(sync.sweep())
     data = reader.get_metrics_data()
     metrics = {
-        m.name: m
-        for rm in data.resource_metrics
-        for sm in rm.scope_metrics
-        for m in sm.metrics
+        m.name: m for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics
     }
     assert "rackcells.power_sync.duration" in metrics
     failures = metrics["rackcells.power_sync.failures"].data.data_points[0].value

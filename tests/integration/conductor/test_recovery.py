@@ -28,30 +28,48 @@ def test_restart_fails_transient_nodes_releases_own_leases_and_ends_operations(
     nodes = NodeRow.__table__
     with engine.begin() as conn:
         conn.execute(
-            update(nodes).where(nodes.c.node_id == "v1").values(
-                provision_state="VERIFYING", target_provision_state="MANAGEABLE",
-                lock_holder="conductor/rack-1", lock_purpose="manage", lock_since=now,
+            update(nodes)
+            .where(nodes.c.node_id == "v1")
+            .values(
+                provision_state="VERIFYING",
+                target_provision_state="MANAGEABLE",
+                lock_holder="conductor/rack-1",
+                lock_purpose="manage",
+                lock_since=now,
                 lock_expires=now + timedelta(minutes=5),
             )
         )
         conn.execute(
-            update(nodes).where(nodes.c.node_id == "other").values(
-                lock_holder="conductor/rack-9", lock_purpose="deploy", lock_since=now,
+            update(nodes)
+            .where(nodes.c.node_id == "other")
+            .values(
+                lock_holder="conductor/rack-9",
+                lock_purpose="deploy",
+                lock_since=now,
                 lock_expires=now + timedelta(minutes=5),
             )
         )
         pk = conn.execute(nodes.select().where(nodes.c.node_id == "v1")).one().id
         conn.execute(
             insert(OperationRow.__table__).values(
-                id="deadbeef", node_pk=pk, node_id="v1", action="manage", done=False,
-                phase="verifying", percent=10, queue_position=0, error_code=0,
-                error_message="", create_time=now, update_time=now,
+                id="deadbeef",
+                node_pk=pk,
+                node_id="v1",
+                action="manage",
+                done=False,
+                phase="verifying",
+                percent=10,
+                queue_position=0,
+                error_code=0,
+                error_message="",
+                create_time=now,
+                update_time=now,
             )
         )
     engine.dispose()
     assert node_pk.name
 
-    from conftest import Cell
+    from conductorkit import Cell
 
     restarted = Cell(leaf_runner.start(db_url, bmc_timeout=1.0), leaf_runner)
     try:

@@ -1,5 +1,6 @@
 """The ``rackcells-leaf serve`` console script as a child process: settings from flags and
-environment variables, standard gRPC health checking, server reflection, SIGTERM."""
+environment variables, standard gRPC health checking, server reflection, no BMC password in
+its DEBUG log, SIGTERM."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from leafkit import LEAF_BIN, LeafProcess, valid_node
+from leafkit import LEAF_BIN, LeafProcess, exercise, new_passwords, valid_node
 
 from rackcells.v1 import node_service_pb2, node_service_pb2_grpc
 
@@ -21,8 +22,8 @@ NODE_SERVICE = "rackcells.v1.NodeService"
 
 @pytest.fixture(scope="module")
 def env_leaf(module_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LeafProcess]:
-    """A leaf child process whose cell, database and key file come from RACKCELLS_LEAF_*
-    environment variables (only --listen is a flag), on each backend."""
+    """A leaf child process whose cell, database, key file and log level (DEBUG) come from
+    RACKCELLS_LEAF_* environment variables (only --listen is a flag), on each backend."""
     tmp = tmp_path_factory.mktemp("proc")
     proc = LeafProcess(
         ["--listen", "127.0.0.1:0"],
@@ -31,6 +32,7 @@ def env_leaf(module_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> It
             "RACKCELLS_LEAF_CELL": "rack-7",
             "RACKCELLS_LEAF_DB": module_db_url,
             "RACKCELLS_LEAF_SECRET_KEY_FILE": str(tmp / "leaf.key"),
+            "RACKCELLS_LEAF_LOG_LEVEL": "DEBUG",
         },
     )
     try:
@@ -160,3 +162,17 @@ def test_bad_settings_exit_with_usage_error_naming_the_setting(
     assert result.returncode == 2, result.stderr
     assert mentions in result.stderr
     assert not (tmp_path / "x.db").exists(), "a leaf with bad settings must not touch the database"
+
+
+def test_a_leaf_logging_at_debug_never_logs_or_returns_bmc_passwords(
+    env_leaf: LeafProcess, channel: grpc.Channel
+) -> None:
+    passwords = new_passwords()
+    rec = exercise(node_service_pb2_grpc.NodeServiceStub(channel), passwords, cell="rack-7")
+    # Read the log only once the leaf has answered a later call: every line before it is out.
+    health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+    stderr = env_leaf.stderr()
+    assert " DEBUG " in stderr, "the leaf did not log at DEBUG, so this test would prove nothing"
+    assert rec.leaks(*passwords.values()) == []
+    for tag, pw in passwords.items():
+        assert pw not in stderr, f"the {tag} password is in the leaf's log"

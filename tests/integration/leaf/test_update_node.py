@@ -421,3 +421,18 @@ def test_update_of_instance_info_when_available_changes_only_the_named_sub_field
     assert updated.instance_info == node_pb2.InstanceInfo(
         image_url="http://images/b.img", root_device="/dev/sda"
     )
+
+
+def test_switching_a_node_without_bmc_address_to_the_ipmi_driver_is_invalid_argument(
+    leaf: LeafClient,
+) -> None:
+    """The ipmi driver needs an address; switching only bmc.driver must check the stored one."""
+    leaf.create("fake-1", valid_node(bmc=node_pb2.BmcInfo(driver="fake")))
+    before = leaf.snapshot()
+    err = expect_error(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        leaf.stub.UpdateNode,
+        update_request(patch("fake-1", bmc=node_pb2.BmcInfo(driver="ipmi")), "bmc.driver"),
+    )
+    assert violation_fields(err) == ["node.bmc.address"]
+    assert leaf.snapshot() == before

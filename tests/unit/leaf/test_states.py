@@ -37,7 +37,7 @@ def test_every_stable_state_can_be_left() -> None:
 def test_states_match_the_wire_enum() -> None:
     wire = {
         n.removeprefix("PROVISION_STATE_")
-        for n in node_pb2.ProvisionState
+        for n in node_pb2.ProvisionState.keys()  # noqa: SIM118 - enum wrapper, not a dict
         if n != "PROVISION_STATE_UNSPECIFIED"
     }
     assert wire == {s.value for s in State}
