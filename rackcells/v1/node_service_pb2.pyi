@@ -7,6 +7,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from rackcells.v1 import node_pb2 as _node_pb2
@@ -439,3 +440,91 @@ class ProvisionOperationMetadata(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ProvisionOperationMetadata: _TypeAlias = ProvisionOperationMetadata  # noqa: Y015
+
+@_typing.final
+class WatchNodesRequest(_message.Message):
+    """Request of NodeService.WatchNodes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    NAMES_FIELD_NUMBER: _builtins.int
+    SINCE_REVISION_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """The cell: cells/{cell}, or cells/- for every cell the server knows."""
+    since_revision: _builtins.int
+    """Resume after this revision; 0 starts with the events still kept, -1 with new ones only."""
+    @_builtins.property
+    def names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only events of these nodes (full names); empty means every node."""
+
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        names: _abc.Iterable[_builtins.str] | None = ...,
+        since_revision: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["names", b"names", "parent", b"parent", "since_revision", b"since_revision"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchNodesRequest: _TypeAlias = WatchNodesRequest  # noqa: Y015
+
+@_typing.final
+class NodeEvent(_message.Message):
+    """Something that happened to a node."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REVISION_FIELD_NUMBER: _builtins.int
+    NODE_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    PROVISION_STATE_FIELD_NUMBER: _builtins.int
+    POWER_STATE_FIELD_NUMBER: _builtins.int
+    PHASE_FIELD_NUMBER: _builtins.int
+    PERCENT_FIELD_NUMBER: _builtins.int
+    revision: _builtins.int
+    """Increasing within a cell; pass the last one seen as since_revision to resume."""
+    node: _builtins.str
+    """The node: cells/{cell}/nodes/{node}."""
+    kind: _builtins.str
+    """What happened, for example provision, deploy_phase, power, power_out_of_band."""
+    detail: _builtins.str
+    """Details, for example "AVAILABLE -> DEPLOYING (deploy)" or "image_write"."""
+    provision_state: _node_pb2.ProvisionState.ValueType
+    """The node's provision state after the event."""
+    power_state: _node_pb2.PowerState.ValueType
+    """The node's power state after the event."""
+    phase: _builtins.str
+    """The deploy phase, when the event belongs to a deploy."""
+    percent: _builtins.int
+    """Rough progress of the running action, 0 to 100."""
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp:
+        """When it happened."""
+
+    def __init__(
+        self,
+        *,
+        revision: _builtins.int = ...,
+        node: _builtins.str = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
+        kind: _builtins.str = ...,
+        detail: _builtins.str = ...,
+        provision_state: _node_pb2.ProvisionState.ValueType = ...,
+        power_state: _node_pb2.PowerState.ValueType = ...,
+        phase: _builtins.str = ...,
+        percent: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "kind", b"kind", "node", b"node", "percent", b"percent", "phase", b"phase", "power_state", b"power_state", "provision_state", b"provision_state", "revision", b"revision", "time", b"time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NodeEvent: _TypeAlias = NodeEvent  # noqa: Y015

@@ -79,6 +79,11 @@ class NodeServiceStub:
                 request_serializer=rackcells_dot_v1_dot_node__service__pb2.ChangeProvisionStateRequest.SerializeToString,
                 response_deserializer=google_dot_longrunning_dot_operations__pb2.Operation.FromString,
                 _registered_method=True)
+        self.WatchNodes = channel.unary_stream(
+                '/rackcells.v1.NodeService/WatchNodes',
+                request_serializer=rackcells_dot_v1_dot_node__service__pb2.WatchNodesRequest.SerializeToString,
+                response_deserializer=rackcells_dot_v1_dot_node__service__pb2.NodeEvent.FromString,
+                _registered_method=True)
 
 
 class NodeServiceServicer:
@@ -143,6 +148,14 @@ class NodeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchNodes(self, request, context):
+        """Streams node events (state transitions, deploy phases and progress, power changes) in
+        revision order: first those after since_revision, then new ones as they happen.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -185,6 +198,11 @@ def add_NodeServiceServicer_to_server(servicer, server):
                     servicer.ChangeProvisionState,
                     request_deserializer=rackcells_dot_v1_dot_node__service__pb2.ChangeProvisionStateRequest.FromString,
                     response_serializer=google_dot_longrunning_dot_operations__pb2.Operation.SerializeToString,
+            ),
+            'WatchNodes': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchNodes,
+                    request_deserializer=rackcells_dot_v1_dot_node__service__pb2.WatchNodesRequest.FromString,
+                    response_serializer=rackcells_dot_v1_dot_node__service__pb2.NodeEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -405,6 +423,33 @@ class NodeService:
             '/rackcells.v1.NodeService/ChangeProvisionState',
             rackcells_dot_v1_dot_node__service__pb2.ChangeProvisionStateRequest.SerializeToString,
             google_dot_longrunning_dot_operations__pb2.Operation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchNodes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/rackcells.v1.NodeService/WatchNodes',
+            rackcells_dot_v1_dot_node__service__pb2.WatchNodesRequest.SerializeToString,
+            rackcells_dot_v1_dot_node__service__pb2.NodeEvent.FromString,
             options,
             channel_credentials,
             insecure,

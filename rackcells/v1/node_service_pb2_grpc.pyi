@@ -56,6 +56,10 @@ class NodeServiceStub:
     """Starts a provisioning action (manage, provide, deploy, ...). The returned operation
     finishes when the node reaches a stable state.
     """
+    WatchNodes: _grpc.UnaryStreamMultiCallable[_node_service_pb2.WatchNodesRequest, _node_service_pb2.NodeEvent]
+    """Streams node events (state transitions, deploy phases and progress, power changes) in
+    revision order: first those after since_revision, then new ones as they happen.
+    """
 
 @_typing.type_check_only
 class NodeServiceAsyncStub(NodeServiceStub):
@@ -81,6 +85,10 @@ class NodeServiceAsyncStub(NodeServiceStub):
     ChangeProvisionState: _aio.UnaryUnaryMultiCallable[_node_service_pb2.ChangeProvisionStateRequest, _operations_pb2.Operation]  # type: ignore[assignment]
     """Starts a provisioning action (manage, provide, deploy, ...). The returned operation
     finishes when the node reaches a stable state.
+    """
+    WatchNodes: _aio.UnaryStreamMultiCallable[_node_service_pb2.WatchNodesRequest, _node_service_pb2.NodeEvent]  # type: ignore[assignment]
+    """Streams node events (state transitions, deploy phases and progress, power changes) in
+    revision order: first those after since_revision, then new ones as they happen.
     """
 
 class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -152,6 +160,16 @@ class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_operations_pb2.Operation, _abc.Awaitable[_operations_pb2.Operation]]:
         """Starts a provisioning action (manage, provide, deploy, ...). The returned operation
         finishes when the node reaches a stable state.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchNodes(
+        self,
+        request: _node_service_pb2.WatchNodesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_node_service_pb2.NodeEvent], _abc.AsyncIterator[_node_service_pb2.NodeEvent]]:
+        """Streams node events (state transitions, deploy phases and progress, power changes) in
+        revision order: first those after since_revision, then new ones as they happen.
         """
 
 def add_NodeServiceServicer_to_server(servicer: NodeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
