@@ -19,12 +19,14 @@ import grpc
 __all__ = [
     "Aborted",
     "AlreadyExists",
+    "DeadlineExceeded",
     "EtagMismatch",
     "FailedPrecondition",
     "FieldViolation",
     "InvalidArgument",
     "NodeLocked",
     "NotFound",
+    "PermissionDenied",
     "RackcellsError",
     "Unavailable",
     "Unimplemented",
@@ -115,6 +117,16 @@ class EtagMismatch(Aborted):
 
     reason = "ETAG_MISMATCH"
     template = "etag {given!r} does not match the current etag of {name}; read it again"
+
+
+class PermissionDenied(RackcellsError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+    reason = "PERMISSION_DENIED"
+
+
+class DeadlineExceeded(RackcellsError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    reason = "DEADLINE_EXCEEDED"
 
 
 class Unavailable(RackcellsError):

@@ -49,6 +49,43 @@ class LeafConfig:
         "enforce (set it back to the state on record)",
     )
 
+    advertise: str = setting(
+        "",
+        "gRPC address HOST:PORT the nodes' deploy agents use to reach this leaf "
+        "(default: the listen address with the bound port)",
+    )
+    http_listen: str = setting(
+        "",
+        "boot and image HTTP server HOST:PORT (iPXE scripts by MAC, cached images); "
+        "empty: no HTTP server, so no deploys",
+    )
+    http_advertise: str = setting(
+        "", "base URL nodes use to reach the HTTP server (default: http://<http_listen>)"
+    )
+    image_cache_dir: str = setting(
+        "", "directory of the image cache (default: beside the SQLite database, or ./images)"
+    )
+    image_cache_bytes: int = setting(20 * 2**30, "size cap of the image cache in bytes (LRU)")
+    agent_dir: str = setting(
+        "", "directory with the deploy ramdisk's kernel and initramfs, served under /agent/"
+    )
+    deploy_concurrency: int = setting(
+        20, "deploys that run at once in this cell; more wait in a FIFO queue"
+    )
+    power_on_rate: float = setting(
+        5.0, "power-ons per second the cell allows (boot-storm pacing; 0 = unpaced)"
+    )
+    deploy_image_timeout: float = setting(1800.0, "seconds to get an image into the cache")
+    deploy_pxe_timeout: float = setting(
+        600.0, "seconds from power-on until the node fetches its boot script (POST + PXE)"
+    )
+    deploy_lookup_timeout: float = setting(
+        600.0, "seconds from the boot script until the node's agent looks itself up"
+    )
+    deploy_write_timeout: float = setting(
+        3600.0, "seconds from the agent's lookup until it reports the image written"
+    )
+
     def __post_init__(self) -> None:
         problem = label_problem(self.cell)
         if problem:
@@ -59,10 +96,20 @@ class LeafConfig:
             raise ConfigError(
                 f"power_sync_policy: {self.power_sync_policy!r} is not accept or enforce"
             )
+        if self.deploy_concurrency < 1 or self.power_on_rate < 0:
+            raise ConfigError("deploy_concurrency must be >= 1 and power_on_rate >= 0")
         if self.bmc_timeout <= 0 or self.power_sync_interval < 0 or self.power_sync_concurrency < 1:
             raise ConfigError(
                 "bmc_timeout must be > 0, power_sync_interval >= 0, power_sync_concurrency >= 1"
             )
+
+    def image_dir(self) -> Path:
+        """Where cached images live."""
+        if self.image_cache_dir:
+            return Path(self.image_cache_dir)
+        if self.db.startswith("sqlite:///") and self.db != "sqlite:///:memory:":
+            return Path(self.db.removeprefix("sqlite:///") + ".images")
+        return Path("images")
 
     def key_path(self) -> Path | None:
         """Where the secret key lives; None means an in-memory database with a throw-away key."""

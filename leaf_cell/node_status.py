@@ -16,7 +16,7 @@ from typing import cast
 from sqlalchemy import Engine, Table, bindparam, insert, select, update
 
 from common.errors import NotFound
-from leaf_cell.db.models import EventRow, NodeRow
+from leaf_cell.db.models import EventRow, NodeRow, PortRow
 from leaf_cell.drivers.base import BmcAccess
 from leaf_cell.secrets import SecretBox, SecretError
 from leaf_cell.states import State
@@ -25,6 +25,7 @@ __all__ = ["NodeStatus", "StatusStore", "SyncTarget"]
 
 _NODES = cast(Table, NodeRow.__table__)
 _EVENTS = cast(Table, EventRow.__table__)
+_PORTS = cast(Table, PortRow.__table__)
 
 
 def _now() -> datetime:
@@ -57,12 +58,18 @@ class SyncTarget:
 
 class StatusStore:
     def __init__(
-        self, engine: Engine, cell: str, secrets: SecretBox, clock: Callable[[], datetime] = _now
+        self,
+        engine: Engine,
+        cell: str,
+        secrets: SecretBox,
+        clock: Callable[[], datetime] = _now,
+        on_events: Callable[[], None] = lambda: None,
     ) -> None:
         self._engine = engine
         self.cell = cell
         self._secrets = secrets
         self._clock = clock
+        self._on_events = on_events
 
     def _bmc(self, row: object) -> BmcAccess:
         enc = getattr(row, "bmc_password_enc", None)
@@ -192,8 +199,56 @@ class StatusStore:
         with self._engine.begin() as conn:
             conn.execute(
                 insert(_EVENTS),
-                [{"node_id": n, "time": now, "kind": k, "detail": d} for n, k, d in events],
+                [
+                    {"node_id": n, "time": now, "kind": k, "detail": d, "phase": "", "percent": 0}
+                    for n, k, d in events
+                ],
             )
+        self._on_events()
+
+    def add_progress(self, node_id: str, phase: str, percent: int, detail: str = "") -> None:
+        """Records a deploy (or other task) phase change for watchers."""
+        with self._engine.begin() as conn:
+            conn.execute(
+                insert(_EVENTS).values(
+                    node_id=node_id,
+                    time=self._clock(),
+                    kind="phase",
+                    detail=detail,
+                    phase=phase,
+                    percent=percent,
+                )
+            )
+        self._on_events()
+
+    def set_last_deploy(self, node_id: str, timings: dict[str, object]) -> None:
+        """Stores the per-phase timings of the deploy that just ended."""
+        with self._engine.begin() as conn:
+            conn.execute(
+                update(_NODES)
+                .where(_NODES.c.node_id == node_id)
+                .values(last_deploy=timings, revision=_NODES.c.revision + 1)
+            )
+
+    def set_instance_info(self, node_id: str, info: dict[str, str]) -> None:
+        with self._engine.begin() as conn:
+            conn.execute(
+                update(_NODES)
+                .where(_NODES.c.node_id == node_id)
+                .values(instance_info=info, revision=_NODES.c.revision + 1)
+            )
+
+    def node_id_for_macs(self, macs: Sequence[str]) -> str | None:
+        """The node that owns one of ``macs`` (normalised), or None."""
+        if not macs:
+            return None
+        with self._engine.connect() as conn:
+            return conn.execute(
+                select(_NODES.c.node_id)
+                .join(_PORTS, _PORTS.c.node_pk == _NODES.c.id)
+                .where(_PORTS.c.mac.in_(list(macs)))
+                .limit(1)
+            ).scalar()
 
     def events(self, node_id: str, limit: int = 50) -> list[tuple[int, datetime, str, str]]:
         with self._engine.connect() as conn:

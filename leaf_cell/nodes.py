@@ -61,6 +61,7 @@ class NodeStore:
     ) -> None:
         self.cell = cell
         self._engine = engine
+        self.engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
         self._secrets = secrets
         self._clock = clock
@@ -217,9 +218,7 @@ class NodeStore:
                         ],
                     )
                 if traits:
-                    conn.execute(
-                        insert(_TRAITS), [{"node_pk": pk, "trait": t} for t in traits]
-                    )
+                    conn.execute(insert(_TRAITS), [{"node_pk": pk, "trait": t} for t in traits])
             lock = dict.fromkeys(
                 ("lock_holder", "lock_purpose", "lock_since", "lock_expires", "power_sync_time")
             )
@@ -374,9 +373,7 @@ class NodeStore:
             # A Core DELETE guarded by the revision read: ports and traits go by ON DELETE
             # CASCADE, and a concurrent change makes it match nothing instead of racing.
             deleted = session.execute(
-                delete(_NODES)
-                .where(_NODES.c.id == row.id)
-                .where(_NODES.c.revision == row.revision)
+                delete(_NODES).where(_NODES.c.id == row.id).where(_NODES.c.revision == row.revision)
             ).rowcount  # type: ignore[attr-defined]
             if deleted != 1:
                 raise EtagMismatch(f"node {req.name} changed while it was being deleted")

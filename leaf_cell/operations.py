@@ -44,6 +44,8 @@ class OperationStore:
         self.cell = cell
         self._clock = clock
         self._events: dict[str, asyncio.Event] = {}
+        self.live_position: Callable[[str], int] | None = None
+        """Queue position of a running operation, read live (the admission queue moves)."""
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -159,6 +161,17 @@ class OperationStore:
             raise NotFound(f"operation {name} not found")
         return self._to_proto(row, node_reader)
 
+    def node_and_action(self, name: str) -> tuple[str, str, bool]:
+        """(node id, action, done) of an operation; NOT_FOUND if there is none."""
+        op_id = self.parse_name(name)
+        with self._engine.connect() as conn:
+            row = conn.execute(
+                select(_OPS.c.node_id, _OPS.c.action, _OPS.c.done).where(_OPS.c.id == op_id)
+            ).one_or_none()
+        if row is None:
+            raise NotFound(f"operation {name} not found")
+        return row.node_id, row.action, row.done
+
     def is_done(self, op_id: str) -> bool:
         with self._engine.connect() as conn:
             return bool(conn.execute(select(_OPS.c.done).where(_OPS.c.id == op_id)).scalar())
@@ -225,7 +238,11 @@ class OperationStore:
                 ),
                 phase=r.phase,
                 percent=r.percent,
-                queue_position=r.queue_position,
+                queue_position=(
+                    self.live_position(r.id)
+                    if self.live_position is not None and not r.done
+                    else r.queue_position
+                ),
             )
         )
         if r.done:

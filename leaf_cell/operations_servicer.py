@@ -12,6 +12,7 @@ from google.protobuf import empty_pb2
 
 from common.errors import FailedPrecondition
 from leaf_cell.conductor import Conductor
+from leaf_cell.deploy import Deploys
 from leaf_cell.provision import operation_reader
 
 __all__ = ["OperationsServicer"]
@@ -24,8 +25,9 @@ MAX_WAIT_SECONDS = 60.0
 
 
 class OperationsServicer(operations_pb2_grpc.OperationsServicer):  # type: ignore[misc]
-    def __init__(self, conductor: Conductor) -> None:
+    def __init__(self, conductor: Conductor, deploys: Deploys | None) -> None:
         self._c = conductor
+        self._deploys = deploys
         self._ops = conductor.operations
         self._read = operation_reader(conductor)
 
@@ -48,13 +50,22 @@ class OperationsServicer(operations_pb2_grpc.OperationsServicer):  # type: ignor
     async def CancelOperation(
         self, request: operations_pb2.CancelOperationRequest, context: Ctx
     ) -> empty_pb2.Empty:
-        op = await self._c.db(self._ops.get, request.name, self._read)
-        if op.done:
+        node_id, action, done = await self._c.db(self._ops.node_and_action, request.name)
+        if done:
             raise FailedPrecondition(f"operation {request.name} has already finished")
-        raise FailedPrecondition(
-            f"operation {request.name} cannot be cancelled; it ends on its own within the "
-            "BMC timeout"
-        )
+        deploy = self._deploys.active(node_id) if self._deploys is not None else None
+        if (
+            action != "deploy"
+            or deploy is None
+            or deploy.op_id != self._ops.parse_name(request.name)
+        ):
+            raise FailedPrecondition(
+                f"operation {request.name} ({action}) cannot be cancelled; it ends on its own "
+                "within the BMC timeout"
+            )
+        assert self._deploys is not None
+        await self._deploys.abort(node_id, "cancelled by the operator")
+        return empty_pb2.Empty()
 
     async def WaitOperation(
         self, request: operations_pb2.WaitOperationRequest, context: Ctx

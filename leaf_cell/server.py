@@ -17,11 +17,22 @@ from grpc_health.v1 import health
 from sqlalchemy import Engine
 
 from common.db import make_engine
-from common.server import ServiceBinding, build_server, mark_not_serving, mark_serving
+from common.server import (
+    ServiceBinding,
+    build_server,
+    mark_not_serving,
+    mark_serving,
+    parse_hostport,
+)
 from common.telemetry import setup_telemetry
+from leaf_cell.agent_servicer import AgentServicer
+from leaf_cell.boot_http import BootHttpServer
 from leaf_cell.conductor import Conductor
 from leaf_cell.config import LeafConfig
 from leaf_cell.db.migrate import upgrade
+from leaf_cell.deploy import Deploys
+from leaf_cell.events import EventBus
+from leaf_cell.image_cache import ImageCache
 from leaf_cell.locks import NodeLocks
 from leaf_cell.node_status import StatusStore
 from leaf_cell.nodes import NodeStore
@@ -30,7 +41,12 @@ from leaf_cell.operations_servicer import OperationsServicer
 from leaf_cell.power_sync import PowerSync
 from leaf_cell.secrets import SecretBox, load_or_create_key
 from leaf_cell.servicer import NodeServicer
-from rackcells.v1 import node_service_pb2, node_service_pb2_grpc
+from rackcells.v1 import (
+    agent_service_pb2,
+    agent_service_pb2_grpc,
+    node_service_pb2,
+    node_service_pb2_grpc,
+)
 
 __all__ = ["LeafServer", "run"]
 
@@ -38,6 +54,7 @@ log = logging.getLogger(__name__)
 
 NODE_SERVICE = node_service_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name
 OPERATIONS_SERVICE = "google.longrunning.Operations"
+AGENT_SERVICE = agent_service_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
 
 
 @dataclass
@@ -53,10 +70,14 @@ class LeafServer:
     services: tuple[str, ...]
     conductor: Conductor
     power_sync: PowerSync
+    deploys: Deploys | None
+    http: BootHttpServer | None
 
     async def stop(self, grace: float = 5.0) -> None:
         await mark_not_serving(self.health, self.services)
         await self.server.stop(grace)
+        if self.http is not None:
+            await self.http.stop()
         await self.conductor.stop()
         self.executor.shutdown(wait=True, cancel_futures=True)
         self.engine.dispose()
@@ -75,10 +96,12 @@ async def start(config: LeafConfig) -> LeafServer:
     setup_telemetry(f"rackcells-leaf-{config.cell}")
     secrets = _secret_box(config)
     executor = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="leaf-db")
+    bus = EventBus()
+    bus.bind_loop(loop)
     conductor = Conductor(
         config=config,
         nodes=NodeStore(engine, config.cell, secrets),
-        status=StatusStore(engine, config.cell, secrets),
+        status=StatusStore(engine, config.cell, secrets, on_events=bus.notify),
         locks=NodeLocks(
             engine,
             config.cell,
@@ -92,20 +115,51 @@ async def start(config: LeafConfig) -> LeafServer:
     power_sync = PowerSync(conductor)
     if config.power_sync_interval > 0:
         conductor.spawn(power_sync.run_forever(), name="power sync")
+    endpoint: dict[str, str] = {}
+    deploys: Deploys | None = None
+    http: BootHttpServer | None = None
+    if config.http_listen:
+        cache = ImageCache(
+            config.image_dir(), config.image_cache_bytes, fetch_timeout=config.deploy_image_timeout
+        )
+        deploys = Deploys(
+            conductor,
+            cache,
+            http_base=lambda: config.http_advertise or (http.base_url if http else ""),
+            grpc_endpoint=lambda: endpoint["grpc"],
+        )
+        conductor.operations.live_position = deploys.queue_position
+        http = BootHttpServer(
+            config.http_listen,
+            cache,
+            deploys.boot_script,
+            agent_dir=Path(config.agent_dir) if config.agent_dir else None,
+        )
     bindings = [
         ServiceBinding(
             NODE_SERVICE,
-            NodeServicer(conductor),
+            NodeServicer(conductor, deploys, bus),
             node_service_pb2_grpc.add_NodeServiceServicer_to_server,
         ),
         ServiceBinding(
             OPERATIONS_SERVICE,
-            OperationsServicer(conductor),
+            OperationsServicer(conductor, deploys),
             operations_pb2_grpc.add_OperationsServicer_to_server,
+        ),
+        ServiceBinding(
+            AGENT_SERVICE,
+            AgentServicer(deploys),
+            agent_service_pb2_grpc.add_AgentServiceServicer_to_server,
         ),
     ]
     server, port, health_servicer = build_server(config.listen, bindings)
+    host = parse_hostport(config.listen, "listen")[0]
+    endpoint["grpc"] = config.advertise or (
+        f"{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
+    )
     await server.start()
+    if http is not None:
+        await http.start()
     services = tuple(b.full_name for b in bindings)
     await mark_serving(health_servicer, services)
     if config.port_file:
@@ -117,7 +171,17 @@ async def start(config: LeafConfig) -> LeafServer:
         engine.url.render_as_string(hide_password=True),
     )
     return LeafServer(
-        config, server, port, health_servicer, engine, executor, services, conductor, power_sync
+        config,
+        server,
+        port,
+        health_servicer,
+        engine,
+        executor,
+        services,
+        conductor,
+        power_sync,
+        deploys,
+        http,
     )
 
 

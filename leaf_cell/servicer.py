@@ -8,6 +8,7 @@ maps to statuses.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any, TypeAlias
 
 import grpc
@@ -16,6 +17,8 @@ from google.protobuf import empty_pb2
 
 from leaf_cell import power, provision
 from leaf_cell.conductor import Conductor
+from leaf_cell.deploy import Deploys
+from leaf_cell.events import EventBus, watch_nodes
 from rackcells.v1 import node_pb2, node_service_pb2, node_service_pb2_grpc
 
 __all__ = ["NodeServicer"]
@@ -24,9 +27,11 @@ Ctx: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
 
 class NodeServicer(node_service_pb2_grpc.NodeServiceServicer):
-    def __init__(self, conductor: Conductor) -> None:
+    def __init__(self, conductor: Conductor, deploys: Deploys | None, bus: EventBus) -> None:
         self._c = conductor
         self._store = conductor.nodes
+        self._deploys = deploys
+        self._bus = bus
 
     async def CreateNode(
         self, request: node_service_pb2.CreateNodeRequest, context: Ctx
@@ -67,4 +72,12 @@ class NodeServicer(node_service_pb2_grpc.NodeServiceServicer):
     async def ChangeProvisionState(
         self, request: node_service_pb2.ChangeProvisionStateRequest, context: Ctx
     ) -> operations_pb2.Operation:
-        return await provision.change_provision_state(self._c, request)
+        return await provision.change_provision_state(self._c, self._deploys, request)
+
+    async def WatchNodes(
+        self, request: node_service_pb2.WatchNodesRequest, context: Ctx
+    ) -> AsyncIterator[node_service_pb2.NodeEvent]:
+        async for event in watch_nodes(
+            request, self._store.cell, self._store.engine, self._bus, self._c.db
+        ):
+            yield event

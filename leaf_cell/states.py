@@ -14,6 +14,7 @@ from enum import StrEnum
 
 __all__ = [
     "DELETABLE",
+    "GOAL",
     "STABLE",
     "TRANSIENT",
     "TRANSITIONS",
@@ -117,6 +118,15 @@ TRANSIENT: frozenset[State] = frozenset(
 
 STABLE: frozenset[State] = frozenset(State) - TRANSIENT
 """States in which a node rests until an operator or a scheduler acts."""
+
+GOAL: dict[State, State] = {
+    S.VERIFYING: S.MANAGEABLE,
+    S.CLEANING: S.AVAILABLE,
+    S.DEPLOYING: S.ACTIVE,
+    S.WAIT_CALL_BACK: S.ACTIVE,
+    S.DELETING: S.AVAILABLE,
+}
+"""Where each transient state is heading when all goes well (the node's target state)."""
 
 DELETABLE: frozenset[State] = frozenset({S.ENROLL, S.MANAGEABLE, S.AVAILABLE})
 """States from which a node may be deleted."""

@@ -158,15 +158,15 @@ def check_node(node: node_pb2.Node, paths: set[str] | None, prefix: str = "node"
     if _covers(paths, "maintenance_reason") and len(node.maintenance_reason) > 1024:
         violation("maintenance_reason", "must be at most 1024 characters")
     # PostgreSQL cannot store NUL in text; refuse it everywhere so both backends agree.
-    texts = {
+    texts: dict[str, tuple[str, str | None, str]] = {
         "maintenance_reason": ("maintenance_reason", None, node.maintenance_reason),
         "bmc.username": ("bmc", "username", bmc.username),
         "bmc.password": ("bmc", "password", bmc.password),
         "instance_info.image_url": ("instance_info", "image_url", info.image_url),
         "instance_info.root_device": ("instance_info", "root_device", info.root_device),
     }
-    for field, (top, sub, value) in texts.items():
-        if "\x00" in value and _covers(paths, top, sub):
+    for field, (top, sub, text) in texts.items():
+        if "\x00" in text and _covers(paths, top, sub):
             violation(field, "must not contain a NUL character")
     if _covers(paths, "extra") and any("\x00" in k + v for k, v in node.extra.items()):
         violation("extra", "keys and values must not contain a NUL character")

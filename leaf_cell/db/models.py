@@ -141,3 +141,5 @@ class EventRow(Base):
     time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     kind: Mapped[str] = mapped_column(String(32))
     detail: Mapped[str] = mapped_column(Text, default="")
+    phase: Mapped[str] = mapped_column(String(32), default="")
+    percent: Mapped[int] = mapped_column(Integer, default=0)

@@ -228,9 +228,7 @@ class IpmiDriver:
 
     def get_boot_device(self, bmc: BmcAccess, timeout: float) -> tuple[BootDevice | None, bool]:
         def op(command: Any) -> tuple[BootDevice | None, bool]:
-            data = self._send(
-                command, codec.GET_BOOT_OPTIONS, (codec.BOOT_FLAGS_PARAMETER, 0, 0)
-            )
+            data = self._send(command, codec.GET_BOOT_OPTIONS, (codec.BOOT_FLAGS_PARAMETER, 0, 0))
             return codec.parse_boot_flags(data)
 
         return self._call(bmc, "get boot device", op, timeout, _BOOT_UNSUPPORTED_CODES)

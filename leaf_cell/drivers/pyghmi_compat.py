@@ -217,9 +217,7 @@ def send(command: Any, request: Request, data: Iterable[int] = ()) -> bytes:
 
     Raises ``IpmiException`` with ``ipmicode`` set for an error completion code.
     """
-    response = command.xraw_command(
-        netfn=request.netfn, command=request.command, data=tuple(data)
-    )
+    response = command.xraw_command(netfn=request.netfn, command=request.command, data=tuple(data))
     return bytes(response["data"])
 
 
@@ -274,13 +272,15 @@ def classify_call_failure(err: BaseException, unsupported_codes: frozenset[int])
         return Failure(DriverErrorKind.PROTOCOL, f"unexpected answer ({type(err).__name__})", True)
     text = _text(err)
     code = getattr(err, "ipmicode", 0) or 0
-    if code == _PYGHMI_TIMEOUT_CODE or text.lower() in ("timeout", "") or (
-        text.lower().startswith(_SESSION_LOST)
+    if (
+        code == _PYGHMI_TIMEOUT_CODE
+        or text.lower() in ("timeout", "")
+        or (text.lower().startswith(_SESSION_LOST))
     ):
         return Failure(DriverErrorKind.TIMEOUT, "session stopped answering", True)
     if 0 < code <= 0xFF:
-        kind = DriverErrorKind.UNSUPPORTED if code in unsupported_codes else (
-            DriverErrorKind.PROTOCOL
+        kind = (
+            DriverErrorKind.UNSUPPORTED if code in unsupported_codes else (DriverErrorKind.PROTOCOL)
         )
         return Failure(kind, completion_text(code), False, code)
     return Failure(DriverErrorKind.PROTOCOL, text, True)

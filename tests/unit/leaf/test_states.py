@@ -48,6 +48,11 @@ def test_illegal_transition_names_the_allowed_actions() -> None:
         states.next_state(State.ENROLL, Event.DEPLOY)
 
 
+def test_every_transient_state_has_a_stable_goal() -> None:
+    assert set(states.GOAL) == set(TRANSIENT)
+    assert all(goal in STABLE for goal in states.GOAL.values())
+
+
 def test_verify_failure_returns_to_enroll() -> None:
     assert states.failure_target(State.VERIFYING) is State.ENROLL
 
