@@ -258,12 +258,24 @@ class Deploys:
     async def _deploy(
         self, deploy: ActiveDeploy, info: node_pb2.InstanceInfo, clock: PhaseClock
     ) -> None:
+        # The image stays pinned in the cache until the deploy ends, so an agent that resumes
+        # its download with a Range request still finds it.
+        async with contextlib.AsyncExitStack() as stack:
+            await self._deploy_pinned(deploy, info, clock, stack)
+
+    async def _deploy_pinned(
+        self,
+        deploy: ActiveDeploy,
+        info: node_pb2.InstanceInfo,
+        clock: PhaseClock,
+        stack: contextlib.AsyncExitStack,
+    ) -> None:
         c, status = self._c, self._c.status
         node_id = deploy.node_id
         await self._progress(deploy, "image_cache", 5)
         try:
             image = await asyncio.wait_for(
-                self._cache.ensure(info.image_url, info.image_checksum),
+                stack.enter_async_context(self._cache.use(info.image_url, info.image_checksum)),
                 self._cfg.deploy_image_timeout,
             )
         except ImageCacheError as err:

@@ -163,6 +163,7 @@ class _Fetch:
         if isinstance(exc, ImageCacheError | _Aborted):
             return exc
         if isinstance(exc, urllib.error.HTTPError):
+            exc.close()  # it holds the response's socket
             return ImageCacheError(url, f"source answered HTTP {exc.code} {exc.reason}")
         if isinstance(exc, TimeoutError) or (
             isinstance(exc, urllib.error.URLError) and isinstance(exc.reason, TimeoutError)

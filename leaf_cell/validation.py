@@ -165,8 +165,8 @@ def check_node(node: node_pb2.Node, paths: set[str] | None, prefix: str = "node"
         "instance_info.image_url": ("instance_info", "image_url", info.image_url),
         "instance_info.root_device": ("instance_info", "root_device", info.root_device),
     }
-    for field, (top, sub, text) in texts.items():
-        if "\x00" in text and _covers(paths, top, sub):
+    for field, (top, part, text) in texts.items():
+        if "\x00" in text and _covers(paths, top, part):
             violation(field, "must not contain a NUL character")
     if _covers(paths, "extra") and any("\x00" in k + v for k, v in node.extra.items()):
         violation("extra", "keys and values must not contain a NUL character")

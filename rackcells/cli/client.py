@@ -51,6 +51,9 @@ class Session:
     output: OutputFormat = "table"
     # Whether stderr is a terminal: progress lines that redraw in place only make sense there.
     interactive: bool = False
+    # Whether stdout is a terminal: `node watch` then draws live progress bars instead of
+    # printing one line per event, which is what a pipe or a log file wants.
+    live: bool = False
     _channel: grpc.Channel | None = field(default=None, repr=False)
     _nodes: node_service_pb2_grpc.NodeServiceStub | None = field(default=None, repr=False)
     _operations: operations_pb2_grpc.OperationsStub | None = field(default=None, repr=False)
@@ -70,6 +73,7 @@ class Session:
             timeout=timeout if timeout is not None else DEFAULT_TIMEOUT,
             output=output or "table",
             interactive=sys.stderr.isatty(),
+            live=sys.stdout.isatty(),
         )
 
     @property

@@ -18,6 +18,7 @@ from grpc_status import rpc_status
 
 __all__ = [
     "EXIT_FAILURE",
+    "EXIT_INTERRUPTED",
     "EXIT_USAGE",
     "CliError",
     "RpcFailure",
@@ -30,6 +31,8 @@ __all__ = [
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+# 128 + SIGINT, what shells report for a command ended with Ctrl-C.
+EXIT_INTERRUPTED = 130
 
 
 class CliError(Exception):

@@ -17,14 +17,12 @@ from collections.abc import Sequence
 
 import grpc
 
-from rackcells.cli import node_actions, node_import, nodes
+from rackcells.cli import node_actions, node_import, node_watch, nodes
 from rackcells.cli.client import DEFAULT_ENDPOINT, DEFAULT_TIMEOUT, ENV_CELL, ENV_ENDPOINT, Session
-from rackcells.cli.errors import EXIT_FAILURE, CliError, describe_rpc_error
+from rackcells.cli.errors import EXIT_FAILURE, EXIT_INTERRUPTED, CliError, describe_rpc_error
 from rackcells.cli.output import FORMATS
 
 __all__ = ["build_parser", "main"]
-
-_EXIT_INTERRUPTED = 130
 
 
 def _timeout(text: str) -> float:
@@ -100,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     nodes.register(commands, [common])
     node_import.register(commands, [common])
     node_actions.register(commands, [common])
+    node_watch.register(commands, [common])
     _no_abbreviations(parser)
     return parser
 
@@ -133,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILURE
     except KeyboardInterrupt:
         print("rackcells: interrupted", file=sys.stderr)
-        return _EXIT_INTERRUPTED
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
         _silence_stdout()
         return EXIT_FAILURE

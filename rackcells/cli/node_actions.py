@@ -12,8 +12,14 @@ import argparse
 
 from rackcells.cli.client import Session
 from rackcells.cli.errors import CliError, UsageError
-from rackcells.cli.node_views import node_summary, power_label, provision_label
-from rackcells.cli.operations import describe_progress, operation_node, wait_operation
+from rackcells.cli.node_views import FAILED_STATES, node_summary, power_label, provision_label
+from rackcells.cli.operations import (
+    INTERACTIVE_WAIT_SLICE,
+    WAIT_SLICE,
+    describe_progress,
+    operation_node,
+    wait_operation,
+)
 from rackcells.cli.output import (
     StatusLine,
     format_time,
@@ -56,14 +62,6 @@ PROVISION_ACTIONS: dict[str, tuple[node_service_pb2.ProvisionAction.ValueType, s
 
 # A deploy of a large image on a slow rack can take a while; an hour is a generous ceiling.
 DEFAULT_WAIT_TIMEOUT = 3600.0
-
-# Where a node ends when the action did not do what was asked (abort is the exception: ending
-# in deploy-failed is its purpose).
-_FAILED_STATES = {
-    node_pb2.PROVISION_STATE_CLEAN_FAILED,
-    node_pb2.PROVISION_STATE_DEPLOY_FAILED,
-    node_pb2.PROVISION_STATE_ERROR,
-}
 
 
 def cmd_power(session: Session, args: argparse.Namespace) -> int:
@@ -165,6 +163,7 @@ def cmd_provision(session: Session, args: argparse.Namespace) -> int:
             wait_timeout=args.wait_timeout,
             rpc_timeout=session.timeout,
             on_progress=lambda op: status.show(describe_progress(op)),
+            wait_slice=INTERACTIVE_WAIT_SLICE if session.interactive else WAIT_SLICE,
         )
     finally:
         status.clear()
@@ -177,7 +176,8 @@ def cmd_provision(session: Session, args: argparse.Namespace) -> int:
         print_json(message_to_dict(node))
     else:
         print(node_summary(node))
-    if node.provision_state in _FAILED_STATES and args.provision_action != "abort":
+    # Ending in deploy-failed is the purpose of abort, a failure of anything else.
+    if node.provision_state in FAILED_STATES and args.provision_action != "abort":
         raise CliError(
             f"{args.provision_action} of {node.name} ended in "
             f"{provision_label(node.provision_state)}"

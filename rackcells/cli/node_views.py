@@ -24,6 +24,7 @@ from rackcells.cli.output import (
 from rackcells.v1 import node_pb2
 
 __all__ = [
+    "FAILED_STATES",
     "LIST_HEADERS",
     "deploy_breakdown",
     "list_row",
@@ -44,6 +45,15 @@ LIST_HEADERS = (
     "LAST ERROR",
 )
 _ERROR_WIDTH = 40
+
+# Where a node ends when an action did not do what was asked; it stays there until told otherwise.
+FAILED_STATES = frozenset(
+    {
+        node_pb2.PROVISION_STATE_CLEAN_FAILED,
+        node_pb2.PROVISION_STATE_DEPLOY_FAILED,
+        node_pb2.PROVISION_STATE_ERROR,
+    }
+)
 
 
 def provision_label(state: int) -> str:

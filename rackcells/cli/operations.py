@@ -22,6 +22,7 @@ from rackcells.cli.errors import CliError, describe_status
 from rackcells.v1 import node_pb2, node_service_pb2
 
 __all__ = [
+    "INTERACTIVE_WAIT_SLICE",
     "POLL_INTERVAL",
     "WAIT_SLICE",
     "OperationFailed",
@@ -33,6 +34,8 @@ __all__ = [
 
 # How long one WaitOperation call may be held by the server before the CLI asks again.
 WAIT_SLICE = 5.0
+# The same while someone watches the progress line: fresher phases and percentages.
+INTERACTIVE_WAIT_SLICE = 1.0
 # How often GetOperation is called when WaitOperation is not implemented.
 POLL_INTERVAL = 0.5
 # Consecutive UNAVAILABLE answers tolerated while waiting (a restarting top cell, a blip).
@@ -57,12 +60,19 @@ def wait_operation(
     on_progress: Callable[[operations_pb2.Operation], None] | None = None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    wait_slice: float = WAIT_SLICE,
 ) -> operations_pb2.Operation:
     """Returns ``operation`` once done, asking ``operations`` (an Operations stub).
+
+    ``on_progress`` sees ``operation`` itself first (it may already say where the node is in
+    the queue), then every answer that is not the final one. A server may hold WaitOperation
+    until the operation ends, so ``wait_slice`` also bounds how stale the progress can get.
 
     Raises :class:`CliError` when ``wait_timeout`` seconds pass first; the operation keeps
     running on the server, and the message says how to look at it later.
     """
+    if on_progress is not None and not operation.done:
+        on_progress(operation)
     name = operation.name
     deadline = None if not wait_timeout else clock() + wait_timeout
     polling = False
@@ -74,7 +84,7 @@ def wait_operation(
                 f"operation {name} is still running after {wait_timeout:g}s; "
                 "it continues on the server"
             )
-        slice_ = WAIT_SLICE if remaining is None else min(WAIT_SLICE, remaining)
+        slice_ = wait_slice if remaining is None else min(wait_slice, remaining)
         try:
             if polling:
                 sleep(min(POLL_INTERVAL, slice_))

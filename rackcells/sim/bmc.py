@@ -439,4 +439,12 @@ class SimBmc(pyghmi_bmc.Bmc):  # type: ignore[misc]
             faults=self.faults.as_json(),
             sessions=len(self.sessions),
             sessions_opened=self.sessions_opened,
+            last_boot_script=str(machine.last_boot_script) if machine.last_boot_script else None,
+            pxe_failures=machine.pxe_failures,
+            agent_runs=machine.agent_runs,
+            deploys=machine.deploys,
+            deploy_error=machine.deploy_error,
+            disk_bytes=machine.disk_bytes,
+            disk_sha256=machine.disk_sha256,
+            booted_image=machine.booted_image,
         )

@@ -14,6 +14,7 @@ import secrets
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from rackcells.sim.faults import FaultSpecError, parse_fault_spec
 from rackcells.sim.inventory import rack_label, validate_prefix
@@ -32,6 +33,14 @@ fault injection (repeatable --fault KIND[=VALUE][:TARGET[,TARGET...]]):
            a 1-based index 7, an index range 7-9, or a node name r1-n0007
   examples: --fault unreachable:0.05 --fault slow=2.0:r1-n0007 --fault loss=0.3:10%
 Faults can be changed at run time: POST /machines/NAME/fault on the control API.
+
+network boot (--boot-url, standing in for the boot server DHCP would announce):
+  a machine that POSTs with boot device PXE fetches BOOT_URL/boot/<its MAC> (an iPXE
+  script from the leaf cell).  A deploy script runs the deploy agent (rackcells.agent)
+  against the machine's virtual disk: a sparse file DIR/<node>.img with --disk-dir, or
+  with --disk-sink hash (the default) a sink that only counts and hashes the bytes.  A
+  boot-from-disk script, or boot device disk, boots the installed image.  Phases: pxe,
+  pxe_failed (404 or no server; retried on the next power-on), agent, agent_done, booted.
 
 control API (HTTP/JSON on 127.0.0.1, --control-port, 0 picks a free port):
   GET /, GET /machines, GET /machines/NAME,
@@ -116,6 +125,26 @@ def _build_parser() -> argparse.ArgumentParser:
         help=f"BMCs per worker process, 1..{MAX_PER_WORKER} (default %(default)s)",
     )
     rack.add_argument(
+        "--boot-url",
+        default=None,
+        metavar="URL",
+        help="boot server of PXE boots, http://HOST:PORT (default: PXE boots need no server)",
+    )
+    disks = rack.add_mutually_exclusive_group()
+    disks.add_argument(
+        "--disk-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="keep each machine's disk as a sparse file DIR/<node>.img",
+    )
+    disks.add_argument(
+        "--disk-sink",
+        choices=["hash"],
+        default=None,
+        help="disks only count and hash what the agent writes (the default)",
+    )
+    rack.add_argument(
         "--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
     )
     return parser
@@ -138,6 +167,10 @@ def parse_rack_options(argv: Sequence[str]) -> RackOptions:
         parser.error("--post-seconds must not be negative")
     if not 0 <= args.control_port <= 65535:
         parser.error("--control-port must be 0..65535")
+    if args.boot_url is not None and not _is_http_url(args.boot_url):
+        parser.error("--boot-url must be http://HOST[:PORT][/PATH]")
+    if (args.disk_dir or args.disk_sink) and args.boot_url is None:
+        parser.error("--disk-dir and --disk-sink need --boot-url")
     password = args.password if args.password is not None else secrets.token_urlsafe(12)
     if not password or len(password.encode()) > _MAX_IPMI_PASSWORD:
         parser.error(f"--password must be 1..{_MAX_IPMI_PASSWORD} bytes")
@@ -156,7 +189,14 @@ def parse_rack_options(argv: Sequence[str]) -> RackOptions:
         seed=args.seed,
         per_worker=args.per_worker,
         log_level=getattr(logging, args.log_level),
+        boot_url=args.boot_url.rstrip("/") if args.boot_url else None,
+        disk_dir=args.disk_dir.resolve() if args.disk_dir else None,
     )
+
+
+def _is_http_url(url: str) -> bool:
+    parts = urlsplit(url)
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -10,12 +10,16 @@ timer heap below gives slow-BMC faults and POST completion exact deadlines.
 
 The parent talks to the worker over a ``multiprocessing`` pipe (see
 :mod:`rackcells.sim.supervisor`): one request, one reply, handled between datagrams, so the
-machine state never needs a lock.  End of file on that pipe means the parent is gone, and the
+machine state never needs a lock.  Network boots (:mod:`rackcells.sim.netboot`) run in threads
+and hand their results back through :meth:`Shard.post`, which queues a callback for the loop
+and wakes it, for the same reason.  End of file on that pipe means the parent is gone, and the
 worker exits rather than keep ports bound.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import heapq
 import itertools
 import logging
@@ -28,12 +32,15 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 from rackcells.sim.bmc import SimBmc
+from rackcells.sim.disk import DiskStore
 from rackcells.sim.faults import FaultSpecError, FaultState, apply_changes
 from rackcells.sim.inventory import NodePlan
 from rackcells.sim.machine import VirtualMachine
+from rackcells.sim.netboot import NetBoot
 
 LOG = logging.getLogger(__name__)
 
@@ -59,6 +66,10 @@ class WorkerConfig:
     seed: int
     faults: dict[int, FaultState] = field(default_factory=dict)
     log_level: int = logging.WARNING
+    #: Where PXE boots fetch their scripts; None: PXE "boots" at once, as before.
+    boot_url: str | None = None
+    #: Image files of the machines' disks; None: the disks only count and hash.
+    disk_dir: Path | None = None
 
 
 class _Marker:
@@ -87,6 +98,15 @@ class Shard:
         self._wake_read, self._wake_write = socket.socketpair()
         self._wake_read.setblocking(False)
         self._wake_write.setblocking(False)
+        self._posted: collections.deque[Callable[[float], object]] = collections.deque()
+        self.netboot: NetBoot | None = None
+        if config.boot_url:
+            self.netboot = NetBoot(
+                config.boot_url,
+                DiskStore(config.disk_dir),
+                self.post,
+                threads=len(config.nodes),
+            )
 
     # -- BmcHost -------------------------------------------------------------------------
 
@@ -103,6 +123,13 @@ class Shard:
             return
         self._post_deadlines[name] = deadline
         self.call_at(deadline, lambda: self._finish_post(bmc, deadline))
+
+    def post(self, callback: Callable[[float], object]) -> None:
+        """Run ``callback(now)`` in the loop soon; safe from any thread."""
+        self._posted.append(callback)
+        # A full buffer means the loop is awake anyway; a closed socket, that it is shutting down.
+        with contextlib.suppress(OSError):
+            self._wake_write.send(b"\0")
 
     def _finish_post(self, bmc: SimBmc, deadline: float) -> None:
         if self._post_deadlines.get(bmc.machine.name) == deadline:
@@ -147,6 +174,8 @@ class Shard:
                 rng=random.Random(f"{cfg.seed}/loss/{node.index}"),  # noqa: S311 - reproducible
             )
             self.bmcs[node.name] = bmc
+            if self.netboot is not None:
+                self.netboot.attach(machine, node.mac)
             self.selector.register(sock, selectors.EVENT_READ, bmc)
         self.selector.register(self.conn, selectors.EVENT_READ, _CONTROL)
         self.selector.register(self._wake_read, selectors.EVENT_READ, _WAKEUP)
@@ -174,10 +203,13 @@ class Shard:
                     self._serve_control()
                 else:
                     self._drain_wakeup()
+            self._run_posted()
             self._run_timers()
             self._housekeeping()
 
     def close(self) -> None:
+        if self.netboot is not None:
+            self.netboot.shutdown()
         for bmc in self.bmcs.values():
             bmc.serversocket.close()
         self.selector.close()
@@ -213,6 +245,15 @@ class Shard:
                 pass
         except BlockingIOError:
             pass
+
+    def _run_posted(self) -> None:
+        while self._posted:
+            callback = self._posted.popleft()
+            try:
+                callback(self.now())
+            except Exception:
+                self._errors += 1
+                LOG.exception("worker %d: posted callback failed", self.config.worker_id)
 
     def _run_timers(self) -> None:
         now = self.now()
@@ -279,6 +320,7 @@ class Shard:
             "packets_in": sum(b.packets_in for b in self.bmcs.values()),
             "packets_dropped": sum(b.packets_dropped for b in self.bmcs.values()),
             "errors": self._errors,
+            "netboot_jobs": self.netboot.running() if self.netboot is not None else 0,
         }
 
 

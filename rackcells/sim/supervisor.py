@@ -62,6 +62,8 @@ class RackOptions:
     seed: int
     per_worker: int
     log_level: int
+    boot_url: str | None = None
+    disk_dir: Path | None = None
 
 
 class WorkerHandle:
@@ -120,6 +122,8 @@ class RackSupervisor:
         """Start, serve until told to stop; the process exit status."""
         opts = self.options
         remove_stale_inventory(opts.inventory_out)
+        if opts.disk_dir is not None:
+            opts.disk_dir.mkdir(parents=True, exist_ok=True)
         self._install_signal_handlers()
         control = ControlServer(opts.control_port, self)
         try:
@@ -176,6 +180,8 @@ class RackSupervisor:
                 seed=opts.seed,
                 faults={n.index: faults[n.index] for n in shard if n.index in faults},
                 log_level=opts.log_level,
+                boot_url=opts.boot_url,
+                disk_dir=opts.disk_dir,
             )
             parent_end, child_end = ctx.Pipe()
             process = ctx.Process(
@@ -272,6 +278,8 @@ class RackSupervisor:
             "first_port": self.nodes[0].port,
             "last_port": self.nodes[-1].port,
             "inventory": str(opts.inventory_out),
+            "boot_url": opts.boot_url,
+            "disk_dir": str(opts.disk_dir) if opts.disk_dir is not None else None,
             "workers": [w.call("stats") | {"pid": w.process.pid} for w in self.workers],
         }
 

@@ -7,7 +7,8 @@ the same ``grpc_status`` decoding it runs against a server.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
@@ -93,8 +94,11 @@ class FakeNodes:
         self.cell = cell
         self.nodes: dict[str, node_pb2.Node] = {}
         self.calls: list[tuple[str, Any]] = []
-        self.errors: dict[str, Callable[[Any], Exception | None]] = {}
+        self.errors: dict[str, Callable[[Any], BaseException | None]] = {}
         self.next_operation: Any = None
+        # One script per WatchNodes call: events to stream, optionally ending with an error.
+        self.watch_streams: list[list[node_service_pb2.NodeEvent | BaseException]] = []
+        self.watch_requests: list[node_service_pb2.WatchNodesRequest] = []
 
     def _log(self, method: str, request: Any) -> None:
         self.calls.append((method, request))
@@ -182,6 +186,45 @@ class FakeNodes:
     def ChangeProvisionState(self, request: Any, timeout: float | None = None) -> Any:
         self._log("ChangeProvisionState", request)
         return self.next_operation
+
+    def WatchNodes(
+        self, request: node_service_pb2.WatchNodesRequest, timeout: float | None = None
+    ) -> FakeStream:
+        """Plays the next script; once they run out, a stream that stays open until cancelled.
+
+        Each event also moves the stored node to the event's provision state, so GetNode
+        agrees with what the stream said.
+        """
+        self.watch_requests.append(request)
+        script = self.watch_streams.pop(0) if self.watch_streams else None
+        return FakeStream(self, script)
+
+
+class FakeStream:
+    """A server stream as the stub returns it: an iterator of events that can be cancelled."""
+
+    def __init__(
+        self, nodes: FakeNodes, script: list[node_service_pb2.NodeEvent | BaseException] | None
+    ) -> None:
+        self._nodes = nodes
+        self._script = script
+        self._cancelled = threading.Event()
+
+    def __iter__(self) -> Iterator[node_service_pb2.NodeEvent]:
+        if self._script is None:
+            self._cancelled.wait(10)
+            raise FakeRpcError(grpc.StatusCode.CANCELLED, "cancelled")
+        for item in self._script:
+            if isinstance(item, BaseException):
+                raise item
+            node = self._nodes.nodes.get(item.node)
+            if node is not None and item.provision_state:
+                node.provision_state = item.provision_state
+            yield item
+
+    def cancel(self) -> bool:
+        self._cancelled.set()
+        return True
 
 
 @pytest.fixture
