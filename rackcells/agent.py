@@ -179,7 +179,7 @@ def run_agent(
             seconds=written.seconds,
         )
     except Cancelled:
-        LOG.warning("stopped: cancelled")
+        LOG.info("stopped: cancelled")
         return AgentResult("", "", False, 0, "", "cancelled", 0.0)
     finally:
         channel.close()

@@ -60,3 +60,12 @@ def test_verify_failure_returns_to_enroll() -> None:
 def test_diagram_is_drawn_from_the_table() -> None:
     diagram = states.mermaid()
     assert diagram.count("-->") == len(TRANSITIONS) + 1
+
+
+def test_docs_diagram_is_current() -> None:
+    from pathlib import Path
+
+    doc = Path(__file__).resolve().parents[3] / "docs" / "states.md"
+    assert doc.read_text() == states.document(), (
+        "docs/states.md is stale: python -m leaf_cell.states > docs/states.md"
+    )
