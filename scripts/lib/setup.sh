@@ -16,22 +16,33 @@ rc_python() {
 }
 
 # rc_venv EXTRAS: create .venv if needed and install the project (editable) with EXTRAS.
-# Re-installs only when pyproject.toml changed since the last install.
+# Re-installs only when pyproject.toml changed since the last install; an install with the test
+# extras also satisfies a plain one. pip's output goes to .venv/install.log unless it fails.
 rc_venv() {
-  local extras=${1:-} py stamp want
+  local extras=${1:-} py hash stamp_dir
   py=$(rc_python)
   if [ ! -x "$rc_root/.venv/bin/python" ]; then
     rc_log "creating .venv with $py"
     "$py" -m venv "$rc_root/.venv"
   fi
-  stamp="$rc_root/.venv/.rackcells-installed"
-  want="$(sha256sum "$rc_root/pyproject.toml" | cut -d' ' -f1) [$extras]"
-  if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-    rc_log "installing rackcells${extras:+[$extras]} into .venv"
-    "$rc_root/.venv/bin/python" -m pip install -q --upgrade pip >/dev/null
-    "$rc_root/.venv/bin/python" -m pip install -q -e "$rc_root${extras:+[$extras]}"
-    echo "$want" > "$stamp"
+  hash=$(sha256sum "$rc_root/pyproject.toml" | cut -d' ' -f1)
+  stamp_dir="$rc_root/.venv/.rackcells-installed"
+  mkdir -p "$stamp_dir"
+  if [ -f "$stamp_dir/${extras:-plain}" ] && [ "$(cat "$stamp_dir/${extras:-plain}")" = "$hash" ]; then
+    return 0
   fi
+  if [ -z "$extras" ] && [ -f "$stamp_dir/test" ] && [ "$(cat "$stamp_dir/test")" = "$hash" ]; then
+    return 0
+  fi
+  rc_log "installing rackcells${extras:+[$extras]} into .venv (log: .venv/install.log)"
+  if ! { "$rc_root/.venv/bin/python" -m pip install --upgrade pip &&
+         "$rc_root/.venv/bin/python" -m pip install -e "$rc_root${extras:+[$extras]}"; } \
+       >"$rc_root/.venv/install.log" 2>&1; then
+    tail -n 30 "$rc_root/.venv/install.log" >&2
+    echo "pip install failed; see .venv/install.log" >&2
+    return 1
+  fi
+  echo "$hash" > "$stamp_dir/${extras:-plain}"
 }
 
 # rc_apt PKG...: install the Debian packages that are missing (as root, no recommends).

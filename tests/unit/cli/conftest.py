@@ -19,6 +19,8 @@ from google.rpc import error_details_pb2, status_pb2
 from rackcells.cli.client import Session
 from rackcells.v1 import node_pb2, node_service_pb2
 
+WatchItem = node_service_pb2.NodeEvent | BaseException | None
+
 
 class FakeRpcError(grpc.RpcError, grpc.Call):
     """A failed call as a stub raises it: code, details and trailing metadata."""
@@ -97,7 +99,7 @@ class FakeNodes:
         self.errors: dict[str, Callable[[Any], BaseException | None]] = {}
         self.next_operation: Any = None
         # One script per WatchNodes call: events to stream, optionally ending with an error.
-        self.watch_streams: list[list[node_service_pb2.NodeEvent | BaseException]] = []
+        self.watch_streams: list[list[WatchItem]] = []
         self.watch_requests: list[node_service_pb2.WatchNodesRequest] = []
 
     def _log(self, method: str, request: Any) -> None:
@@ -190,37 +192,36 @@ class FakeNodes:
     def WatchNodes(
         self, request: node_service_pb2.WatchNodesRequest, timeout: float | None = None
     ) -> FakeStream:
-        """Plays the next script; once they run out, a stream that stays open until cancelled.
+        """Plays the next script, then stays open until cancelled, as a server stream does.
 
-        Each event also moves the stored node to the event's provision state, so GetNode
-        agrees with what the stream said.
+        A script item that is an exception fails the stream; None ends it normally. Each event
+        also moves the stored node to the event's provision state, so GetNode agrees with
+        what the stream said.
         """
         self.watch_requests.append(request)
-        script = self.watch_streams.pop(0) if self.watch_streams else None
-        return FakeStream(self, script)
+        return FakeStream(self, self.watch_streams.pop(0) if self.watch_streams else [])
 
 
 class FakeStream:
     """A server stream as the stub returns it: an iterator of events that can be cancelled."""
 
-    def __init__(
-        self, nodes: FakeNodes, script: list[node_service_pb2.NodeEvent | BaseException] | None
-    ) -> None:
+    def __init__(self, nodes: FakeNodes, script: list[WatchItem]) -> None:
         self._nodes = nodes
         self._script = script
         self._cancelled = threading.Event()
 
     def __iter__(self) -> Iterator[node_service_pb2.NodeEvent]:
-        if self._script is None:
-            self._cancelled.wait(10)
-            raise FakeRpcError(grpc.StatusCode.CANCELLED, "cancelled")
         for item in self._script:
+            if item is None:
+                return
             if isinstance(item, BaseException):
                 raise item
             node = self._nodes.nodes.get(item.node)
             if node is not None and item.provision_state:
                 node.provision_state = item.provision_state
             yield item
+        self._cancelled.wait(10)
+        raise FakeRpcError(grpc.StatusCode.CANCELLED, "cancelled")
 
     def cancel(self) -> bool:
         self._cancelled.set()

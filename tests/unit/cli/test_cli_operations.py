@@ -93,7 +93,7 @@ def test_waits_with_wait_operation_and_reports_progress() -> None:
         sleep=lambda s: None,
     )
     assert result.done and ops.calls == ["Wait", "Wait"]
-    assert seen == ["n1: image_write 40%"]
+    assert seen == ["n1: queued (position 2)", "n1: image_write 40%"]
     assert describe_progress(running(queue=3)) == "n1: queued (position 3)"
 
 

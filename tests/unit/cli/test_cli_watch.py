@@ -66,7 +66,15 @@ def ev(
 def deploy_events(first: int = 11, node: str = N1) -> list[Any]:
     return [
         ev(first, "provision", DEPLOYING, node=node, detail="AVAILABLE -> DEPLOYING (deploy)"),
-        ev(first + 1, "phase", DEPLOYING, node=node, detail="deploy", phase="image_write", percent=45),
+        ev(
+            first + 1,
+            "phase",
+            DEPLOYING,
+            node=node,
+            detail="deploy",
+            phase="image_write",
+            percent=45,
+        ),
         ev(first + 2, "deployed", ACTIVE, node=node, detail="d-1"),
     ]
 
@@ -81,14 +89,15 @@ def quick_reconnects(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_progress_line_of_a_busy_node() -> None:
     busy = NodeProgress(state=DEPLOYING, phase="image_write", percent=45)
-    line = progress_line("r1-n0007", busy, 56)
-    assert line == "r1-n0007  deploying  image_write  [########------------]  45%"
-    assert len(line) == 56
+    line = progress_line("r1-n0007", busy, 61)
+    assert line == "r1-n0007  deploying  image_write  [#########-----------]  45%"
+    assert len(line) == 61
     wide = progress_line("r1-n0007", busy, 200)
     assert "[" + "#" * 18 + "-" * 22 + "]  45%" in wide  # the bar stops growing at 40
     aligned = progress_line("n1", busy, 60, name_width=5, state_width=14, phase_width=12)
     assert aligned.startswith("n1     deploying       image_write   [")
-    assert progress_line("n1", busy, 30) == "n1  deploying  image_write  45%"
+    assert progress_line("n1", busy, 31) == "n1  deploying  image_write  45%"
+    assert progress_line("n1", busy, 20) == "n1  deploying  imag…"
     assert progress_bar(100, 4) == "[####]" and progress_bar(-3, 2) == "[--]"
 
 
@@ -139,9 +148,6 @@ def test_event_row_and_line() -> None:
         "image_write",
         "45%",
     ]
-    assert event_row(node_service_pb2.NodeEvent(revision=1, node=N1), "n1")[1:] == ["-"] * 2 + [
-        "-"
-    ] * 5 or True
     bare = event_row(node_service_pb2.NodeEvent(revision=1), "n1")
     assert bare == ["1", "-", "n1", "-", "-", "-", "-", "-"]
     assert event_line(EVENT_HEADERS).split() == list(EVENT_HEADERS)
@@ -165,9 +171,7 @@ def test_table_lines_until_stable(
         ["13", "2025-01-02T03:04:13Z", "n1", "deployed"],
     ]
     assert lines[2].split()[4:] == ["deploy", "deploying", "image_write", "45%"]
-    assert lines[1].split()[-4:] == ["deploying", "-", "-"] or lines[1].endswith(
-        "deploying  -             -"
-    )
+    assert lines[1].split()[-3:] == ["deploying", "-", "-"]
     assert captured.err == ""
     (request,) = fake_nodes.watch_requests
     assert (request.parent, list(request.names), request.since_revision) == (
@@ -327,9 +331,9 @@ def test_names_in_several_cells_get_a_stream_each(
         [ev(40, "provision", AVAILABLE, node=other.name)],
     ]
     assert main(["node", "watch", "n1", "cells/rack-2/nodes/n9", "n1", "--until-stable"]) == 0
-    requests = sorted((r.parent, list(r.names)) for r in fake_nodes.watch_requests)
-    assert requests[0] == ("cells/rack-1", [N1]) or requests == [("cells/rack-2", [other.name])]
-    assert ("cells/rack-2", [other.name]) in requests
+    # The watch may end before both streams were opened; those opened are one per cell.
+    requests = {(r.parent, tuple(r.names)) for r in fake_nodes.watch_requests}
+    assert requests and requests <= {("cells/rack-1", (N1,)), ("cells/rack-2", (other.name,))}
     assert "rack-2/n9" in capsys.readouterr().out
 
 
@@ -385,21 +389,25 @@ def test_live_board_on_a_terminal(
 
 
 def test_pump_resumes_after_the_lowest_revision_of_each_cell(
-    fake_nodes: Any, transport_error: Callable[..., grpc.RpcError]
+    fake_nodes: Any,
+    transport_error: Callable[..., grpc.RpcError],
+    make_rpc_error: Callable[..., grpc.RpcError],
 ) -> None:
     a, b = "cells/a/nodes/x", "cells/b/nodes/y"
+    unavailable = transport_error(grpc.StatusCode.UNAVAILABLE, "gone")
     fake_nodes.watch_streams = [
-        [ev(7, "power", ACTIVE, node=a), ev(3, "power", ACTIVE, node=b)]
-        + [transport_error(grpc.StatusCode.UNAVAILABLE, "gone")],
-        [ev(4, "power", ACTIVE, node=b), ev(7, "power", ACTIVE, node=a)]
-        + [ev(8, "power", ACTIVE, node=a)]
-        + [transport_error(grpc.StatusCode.FAILED_PRECONDITION, "stop")],
+        [ev(7, "power", ACTIVE, node=a), ev(3, "power", ACTIVE, node=b), unavailable],
+        [ev(4, "power", ACTIVE, node=b), ev(7, "power", ACTIVE, node=a), None],
+        [ev(8, "power", ACTIVE, node=a), make_rpc_error(grpc.StatusCode.FAILED_PRECONDITION, "x")],
     ]
     seen: list[Any] = []
     pump = EventPump(fake_nodes, "cells/-", [], 0, seen.append, endpoint="e")
     pump.run()
-    assert [r.since_revision for r in fake_nodes.watch_requests] == [0, 3]
+    # After UNAVAILABLE and after the server closed the stream alike.
+    assert [r.since_revision for r in fake_nodes.watch_requests] == [0, 3, 4]
     events = [(s.node, s.revision) for s in seen if isinstance(s, node_service_pb2.NodeEvent)]
     assert events == [(a, 7), (b, 3), (b, 4), (a, 8)]
-    assert "stop" in str(seen[-1])
+    notices = [str(s) for s in seen[:-1] if not isinstance(s, node_service_pb2.NodeEvent)]
+    assert len(notices) == 2 and "the server closed the stream" in notices[1]
+    assert seen[-1].error.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert pump.resume_revision() == 4
