@@ -25,7 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
 from google.longrunning import operations_pb2, operations_pb2_grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from leaf_cell.drivers.base import BootDevice, PowerState
 from leaf_cell.drivers.fake import FakeDriver
@@ -86,6 +89,27 @@ def metadata(op: operations_pb2.Operation) -> node_service_pb2.ProvisionOperatio
     meta = node_service_pb2.ProvisionOperationMetadata()
     assert op.metadata.Unpack(meta), op
     return meta
+
+
+def expect_error(code: grpc.StatusCode, call: Callable[[Any], Any], request: Any) -> grpc.RpcError:
+    """Calls ``call(request)``, which must fail with ``code``; returns the error."""
+    with pytest.raises(grpc.RpcError) as info:
+        call(request)
+    err = info.value
+    assert err.code() == code, f"expected {code.name}, got {err.code().name}: {err.details()}"
+    return err
+
+
+def violation_fields(err: grpc.RpcError) -> list[str]:
+    """The fields of the ``google.rpc.BadRequest`` violations ``err`` carries."""
+    status = rpc_status.from_call(err)  # type: ignore[arg-type]
+    fields: list[str] = []
+    for detail in status.details if status is not None else []:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            fields += [v.field for v in bad.field_violations]
+    return fields
 
 
 class Cell:
@@ -175,6 +199,28 @@ class Cell:
             f"{node_id} in {label}",
             timeout,
         )
+
+    def operations(self) -> list[operations_pb2.Operation]:
+        return list(
+            self.ops.ListOperations(
+                operations_pb2.ListOperationsRequest(name=f"cells/{CELL}/operations")
+            ).operations
+        )
+
+    def assert_failed_cleanly(
+        self, node_id: str, op: operations_pb2.Operation, phase: str, state: int | None = None
+    ) -> node_pb2.Node:
+        """The deploy ended in DEPLOY_FAILED naming ``phase``, its operation ended with an
+        error, and the node's lock is gone."""
+        state = node_pb2.PROVISION_STATE_DEPLOY_FAILED if state is None else state
+        op = self.get_op(op.name)
+        assert op.done and op.HasField("error") and op.error.code != 0, op
+        assert f"phase {phase}" in op.error.message, op.error.message
+        node = self.get(node_id)
+        assert node.provision_state == state, node_pb2.ProvisionState.Name(node.provision_state)
+        assert f"phase {phase}" in node.last_error, node.last_error
+        assert not node.HasField("lock"), node.lock
+        return node
 
     def lookup(self, mac: str) -> agent_service_pb2.LookupNodeResponse:
         return self.agent.LookupNode(agent_service_pb2.LookupNodeRequest(macs=[mac]))
