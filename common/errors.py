@@ -28,6 +28,7 @@ __all__ = [
     "NotFound",
     "PermissionDenied",
     "RackcellsError",
+    "ResourceExhausted",
     "Unavailable",
     "Unimplemented",
 ]
@@ -127,6 +128,11 @@ class PermissionDenied(RackcellsError):
 class DeadlineExceeded(RackcellsError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
     reason = "DEADLINE_EXCEEDED"
+
+
+class ResourceExhausted(RackcellsError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = "RESOURCE_EXHAUSTED"
 
 
 class Unavailable(RackcellsError):

@@ -2,9 +2,10 @@
 
 The filter is a small subset of AIP-160, enough for operators and schedulers and cheap to turn
 into indexed SQL: conditions joined by ``AND``; ``field = value`` / ``field != value`` for
-``provision_state``, ``power_state``, ``resource_class`` and ``maintenance``; ``traits:"X"`` (has)
-and ``-traits:"X"`` (has not). Parsing lives here, not in the leaf, because the top cell must
-reject a bad filter itself rather than fan it out, and must know the sort keys to merge pages.
+``provision_state``, ``power_state``, ``resource_class``, ``maintenance`` and ``uid``;
+``mac = "…"``; ``traits:"X"`` (has) and ``-traits:"X"`` (has not). Parsing lives here, not
+in the leaf, because the top cell must reject a bad filter itself rather than fan it out,
+and must know the sort keys to merge pages.
 """
 
 from __future__ import annotations
@@ -167,8 +168,12 @@ def parse_filter(text: str) -> Filter:
             conditions.append(
                 Condition(field, cmp, _enum_value(field, value, _POWER_STATES, "POWER_STATE_"))
             )
-        elif field == "resource_class":
+        elif field in ("resource_class", "uid"):
             conditions.append(Condition(field, cmp, value))
+        elif field == "mac":
+            if cmp != "=":
+                raise InvalidArgument.field("filter", "mac supports = only")
+            conditions.append(Condition(field, cmp, value.lower().replace("-", ":")))
         elif field == "maintenance":
             if value.lower() not in {"true", "false"}:
                 raise InvalidArgument.field(
@@ -179,7 +184,7 @@ def parse_filter(text: str) -> Filter:
             raise InvalidArgument.field(
                 "filter",
                 f"unknown field {field!r} (provision_state, power_state, resource_class, "
-                "maintenance, traits)",
+                "maintenance, traits, uid, mac)",
             )
     return Filter(tuple(conditions))
 

@@ -97,7 +97,7 @@ class StatusStore:
         return NodeStatus(
             pk=row.id,
             node_id=row.node_id,
-            provision_state=State(row.provision_state),
+            provision_state=State[row.provision_state],
             power_state=row.power_state,
             maintenance=row.maintenance,
             locked=bool(row.lock_holder) and expires is not None and expires > now,
@@ -180,7 +180,7 @@ class StatusStore:
                 )
             ).all()
         for node_id, state_text in rows:
-            state = State(state_text)
+            state = State[state_text]
             target = target_of(state)
             self.set_provision(
                 node_id,

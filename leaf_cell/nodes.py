@@ -31,7 +31,7 @@ from common.listing import page_size, parse_filter, parse_order_by
 from common.names import ALL_CELLS, label_problem, parse_cell, parse_node_name
 from leaf_cell import queries
 from leaf_cell.convert import etag_of, orm_to_node, row_to_node
-from leaf_cell.db.models import NodeRow, PortRow, TraitRow
+from leaf_cell.db.models import EventRow, NodeRow, PortRow, TraitRow
 from leaf_cell.secrets import SecretBox
 from leaf_cell.states import DELETABLE, INITIAL, State
 from leaf_cell.validation import check_node, normalize_paths
@@ -43,6 +43,19 @@ _LOADS = (selectinload(NodeRow.ports), selectinload(NodeRow.trait_rows))
 _NODES = cast(Table, NodeRow.__table__)
 _PORTS = cast(Table, PortRow.__table__)
 _TRAITS = cast(Table, TraitRow.__table__)
+_EVENTS = cast(Table, EventRow.__table__)
+
+
+def _event(node_id: str, kind: str, detail: str, when: datetime) -> dict[str, object]:
+    """A node_events row: the change log the inventory stream and watchers read."""
+    return {
+        "node_id": node_id,
+        "time": when,
+        "kind": kind,
+        "detail": detail,
+        "phase": "",
+        "percent": 0,
+    }
 
 
 def _now() -> datetime:
@@ -58,8 +71,10 @@ class NodeStore:
         cell: str,
         secrets: SecretBox,
         clock: Callable[[], datetime] = _now,
+        on_events: Callable[[], None] = lambda: None,
     ) -> None:
         self.cell = cell
+        self._on_events = on_events
         self._engine = engine
         self.engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
@@ -219,6 +234,8 @@ class NodeStore:
                     )
                 if traits:
                     conn.execute(insert(_TRAITS), [{"node_pk": pk, "trait": t} for t in traits])
+                conn.execute(insert(_EVENTS).values(_event(req.node_id, "created", "", now)))
+            self._on_events()
             lock = dict.fromkeys(
                 ("lock_holder", "lock_purpose", "lock_since", "lock_expires", "power_sync_time")
             )
@@ -306,7 +323,14 @@ class NodeStore:
                 raise AlreadyExists(
                     f"a MAC of node {name} was enrolled concurrently elsewhere; read and retry"
                 ) from None
-            return orm_to_node(row, self.cell)
+            session.execute(
+                insert(_EVENTS).values(
+                    _event(node_id, "updated", ",".join(sorted(paths)), row.update_time)
+                )
+            )
+            updated = orm_to_node(row, self.cell)
+        self._on_events()
+        return updated
 
     def _apply(
         self, session: Session, row: NodeRow, node: node_pb2.Node, paths: set[str], macs: list[str]
@@ -377,6 +401,8 @@ class NodeStore:
             ).rowcount  # type: ignore[attr-defined]
             if deleted != 1:
                 raise EtagMismatch(f"node {req.name} changed while it was being deleted")
+            session.execute(insert(_EVENTS).values(_event(node_id, "deleted", "", self._clock())))
+        self._on_events()
 
 
 def _instance_info(node: node_pb2.Node) -> dict[str, str]:

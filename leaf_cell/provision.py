@@ -73,9 +73,9 @@ def operation_reader(conductor: Conductor) -> Callable[[str], node_pb2.Node | No
 
 
 def _state(node: node_pb2.Node) -> State:
-    return State(
+    return State[
         node_pb2.ProvisionState.Name(node.provision_state).removeprefix("PROVISION_STATE_")
-    )
+    ]
 
 
 def _deploy_info(

@@ -17,7 +17,7 @@ from sqlalchemy import ColumnElement, Select, and_, exists, false, or_
 
 from common.errors import InvalidArgument
 from common.listing import Condition, Filter, OrderBy
-from leaf_cell.db.models import NodeRow, TraitRow
+from leaf_cell.db.models import NodeRow, PortRow, TraitRow
 
 __all__ = ["apply_filter", "apply_order", "decode_token", "encode_token", "seek_after"]
 
@@ -29,11 +29,14 @@ _COLUMNS: dict[str, Any] = {
     "create_time": NodeRow.create_time,
     "update_time": NodeRow.update_time,
     "maintenance": NodeRow.maintenance,
+    "uid": NodeRow.uid,
 }
 _TIME_FIELDS = {"create_time", "update_time"}
 
 
 def _condition(cond: Condition) -> ColumnElement[bool]:
+    if cond.field == "mac":
+        return exists().where(PortRow.node_pk == NodeRow.id, PortRow.mac == cond.value)
     if cond.field == "traits":
         has = exists().where(TraitRow.node_pk == NodeRow.id, TraitRow.trait == cond.value)
         return has if cond.op == "has" else ~has

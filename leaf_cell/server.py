@@ -8,6 +8,7 @@ import signal
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
+from importlib.metadata import version
 from pathlib import Path
 
 import grpc
@@ -26,12 +27,14 @@ from common.server import (
 )
 from common.telemetry import setup_telemetry
 from leaf_cell.agent_servicer import AgentServicer
+from leaf_cell.allocations import AllocationStore
 from leaf_cell.boot_http import BootHttpServer
 from leaf_cell.conductor import Conductor
 from leaf_cell.config import LeafConfig
 from leaf_cell.db.migrate import upgrade
 from leaf_cell.deploy import Deploys
 from leaf_cell.events import EventBus
+from leaf_cell.federation_servicers import AllocationServicer, CapacityServicer, InventoryServicer
 from leaf_cell.image_cache import ImageCache
 from leaf_cell.locks import NodeLocks
 from leaf_cell.node_status import StatusStore
@@ -44,6 +47,9 @@ from leaf_cell.servicer import NodeServicer
 from rackcells.v1 import (
     agent_service_pb2,
     agent_service_pb2_grpc,
+    allocation_service_pb2_grpc,
+    capacity_service_pb2_grpc,
+    inventory_service_pb2_grpc,
     node_service_pb2,
     node_service_pb2_grpc,
 )
@@ -55,6 +61,10 @@ log = logging.getLogger(__name__)
 NODE_SERVICE = node_service_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name
 OPERATIONS_SERVICE = "google.longrunning.Operations"
 AGENT_SERVICE = agent_service_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
+INVENTORY_SERVICE = "rackcells.v1.InventoryService"
+ALLOCATION_SERVICE = "rackcells.v1.AllocationService"
+CAPACITY_SERVICE = "rackcells.v1.CapacityService"
+VERSION = version("rackcells")
 
 
 @dataclass
@@ -100,7 +110,7 @@ async def start(config: LeafConfig) -> LeafServer:
     bus.bind_loop(loop)
     conductor = Conductor(
         config=config,
-        nodes=NodeStore(engine, config.cell, secrets),
+        nodes=NodeStore(engine, config.cell, secrets, on_events=bus.notify),
         status=StatusStore(engine, config.cell, secrets, on_events=bus.notify),
         locks=NodeLocks(
             engine,
@@ -145,6 +155,23 @@ async def start(config: LeafConfig) -> LeafServer:
             OPERATIONS_SERVICE,
             OperationsServicer(conductor, deploys),
             operations_pb2_grpc.add_OperationsServicer_to_server,
+        ),
+        ServiceBinding(
+            INVENTORY_SERVICE,
+            InventoryServicer(conductor, bus, VERSION),
+            inventory_service_pb2_grpc.add_InventoryServiceServicer_to_server,
+        ),
+        ServiceBinding(
+            ALLOCATION_SERVICE,
+            AllocationServicer(
+                conductor, AllocationStore(engine, config.cell, on_events=bus.notify)
+            ),
+            allocation_service_pb2_grpc.add_AllocationServiceServicer_to_server,
+        ),
+        ServiceBinding(
+            CAPACITY_SERVICE,
+            CapacityServicer(conductor),
+            capacity_service_pb2_grpc.add_CapacityServiceServicer_to_server,
         ),
         ServiceBinding(
             AGENT_SERVICE,

@@ -156,7 +156,7 @@ def mermaid() -> str:
 
 
 def document() -> str:
-    """docs/states.md, generated from the table (tests/unit/leaf/test_states.py keeps it current)."""
+    """docs/states.md, generated from the table; a test keeps the committed file current."""
     rows = "\n".join(
         f"| `{s.value}` | {'transient' if s in TRANSIENT else 'stable'} | {s.__doc__} |"
         for s in State
@@ -167,8 +167,8 @@ def document() -> str:
         "`leaf_cell/states.py`; do not edit by hand.\n\n"
         "```mermaid\n" + mermaid() + "\n```\n\n"
         "| state | kind | meaning |\n|---|---|---|\n" + rows + "\n\n"
-        "Every transient state has a `fail` edge: a conductor that restarts moves nodes it finds in a "
-        "transient state along it, with `last_error` saying so.\n"
+        "Every transient state has a `fail` edge: a conductor that restarts moves nodes it "
+        "finds in a transient state along it, with `last_error` saying so.\n"
     )
 
 

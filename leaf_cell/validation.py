@@ -17,6 +17,7 @@ __all__ = [
     "BMC_DRIVERS",
     "MUTABLE_PATHS",
     "check_node",
+    "check_traits",
     "normalize_mac",
     "normalize_paths",
 ]
@@ -57,6 +58,15 @@ def normalize_mac(text: str) -> str | None:
     return ":".join(digits[i : i + 2] for i in range(0, 12, 2))
 
 
+def check_traits(traits: Iterable[str], field: str) -> list[FieldViolation]:
+    """Violations for trait names that are not upper-case letters, digits and underscores."""
+    return [
+        FieldViolation(f"{field}[{i}]", f"{trait!r} must be upper case letters, digits and _")
+        for i, trait in enumerate(traits)
+        if not _TRAIT.match(trait)
+    ]
+
+
 def normalize_paths(paths: Iterable[str]) -> set[str]:
     """Expands ``*`` and checks each update-mask path; raises naming ``update_mask``."""
     result: set[str] = set()
@@ -90,7 +100,7 @@ def check_node(node: node_pb2.Node, paths: set[str] | None, prefix: str = "node"
     bad: list[FieldViolation] = []
 
     def violation(field: str, text: str) -> None:
-        bad.append(FieldViolation(f"{prefix}.{field}", text))
+        bad.append(FieldViolation(f"{prefix}.{field}" if prefix else field, text))
 
     if (
         _covers(paths, "resource_class")
@@ -99,9 +109,7 @@ def check_node(node: node_pb2.Node, paths: set[str] | None, prefix: str = "node"
     ):
         violation("resource_class", f"{node.resource_class!r} must match {_RESOURCE_CLASS.pattern}")
     if _covers(paths, "traits"):
-        for i, trait in enumerate(node.traits):
-            if not _TRAIT.match(trait):
-                violation(f"traits[{i}]", f"{trait!r} must be upper case letters, digits and _")
+        bad.extend(check_traits(node.traits, f"{prefix}.traits" if prefix else "traits"))
         if len(set(node.traits)) != len(node.traits):
             violation("traits", "contains duplicates")
     props = node.properties

@@ -27,7 +27,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-__all__ = ["Base", "EventRow", "NodeRow", "OperationRow", "PortRow", "TraitRow"]
+__all__ = ["AllocationRow", "Base", "EventRow", "NodeRow", "OperationRow", "PortRow", "TraitRow"]
 
 
 class Base(DeclarativeBase):
@@ -143,3 +143,16 @@ class EventRow(Base):
     detail: Mapped[str] = mapped_column(Text, default="")
     phase: Mapped[str] = mapped_column(String(32), default="")
     percent: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class AllocationRow(Base):
+    """A claim on one node by a parent scheduler (the node's ``allocation`` names it)."""
+
+    __tablename__ = "allocations"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    node_id: Mapped[str] = mapped_column(String(63), index=True)
+    resource_class: Mapped[str] = mapped_column(String(80))
+    required_traits: Mapped[list[str]] = mapped_column(JSON, default=list)
+    forbidden_traits: Mapped[list[str]] = mapped_column(JSON, default=list)
+    create_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -189,13 +189,21 @@ def progress_line(
 
 
 def board_lines(
-    rows: Sequence[tuple[str, NodeProgress]], footer: str, columns: int, lines: int
+    rows: Sequence[tuple[str, NodeProgress]],
+    footer: str,
+    columns: int,
+    lines: int,
+    *,
+    state_width: int = 0,
+    phase_width: int = 0,
 ) -> list[str]:
     """The whole live board for a terminal of ``columns`` x ``lines``.
 
     The board must fit on the screen, or moving the cursor back to its top fails. When there
     are more nodes than lines, busy and recently changed nodes are kept (in their usual order)
-    and the rest are counted by state on one summary line.
+    and the rest are counted by state on one summary line. ``state_width`` and
+    ``phase_width`` are minimum column widths, so that bars need not jump from one redraw to
+    the next.
     """
     width = max(columns - 1, 20)
     room = max(lines - 1 - (1 if footer else 0), 2)
@@ -210,8 +218,8 @@ def board_lines(
         shown = [shown[i] for i in keep]
     busy = [p for _, p in shown if p.busy]
     name_width = max((len(name) for name, _ in shown), default=0)
-    state_width = max((len(provision_label(p.state)) for p in busy), default=0)
-    phase_width = max((len(p.phase or NONE) for p in busy), default=0)
+    state_width = max([state_width, *(len(provision_label(p.state)) for p in busy)])
+    phase_width = max([phase_width, *(len(p.phase or NONE) for p in busy)])
     out = [
         progress_line(
             name,
@@ -341,6 +349,7 @@ class EventPump:
             )
             received = False
             reason = "the server closed the stream"
+            opened = self._clock()
             try:
                 with self._lock:
                     if self._stopped.is_set():
@@ -362,6 +371,8 @@ class EventPump:
             first = False
             if self._stopped.is_set():
                 return
+            if self._clock() - opened > RECONNECT_MAX:
+                failures = 0  # the stream worked for a while: start the backoff afresh
             delay = min(RECONNECT_FIRST * 2**failures, RECONNECT_MAX)
             failures += 1
             where = self.resume_revision()
@@ -447,6 +458,9 @@ class _Board:
         self._dirty = True
         self._last_draw = float("-inf")
         self._notice = ""
+        # The widest state and phase drawn so far: columns grow, but never shrink back.
+        self._state_width = 0
+        self._phase_width = 0
 
     def start(self) -> None:
         self._out.write("\x1b[?25l")  # hide the cursor while redrawing
@@ -472,8 +486,19 @@ class _Board:
             return
         rows = self._rows()
         footer = self._notice or ("" if rows else self._idle_text)
+        for _, progress in rows:
+            if progress.busy:
+                self._state_width = max(self._state_width, len(provision_label(progress.state)))
+                self._phase_width = max(self._phase_width, len(progress.phase or NONE))
         size = shutil.get_terminal_size()
-        lines = board_lines(rows, footer, size.columns, size.lines)
+        lines = board_lines(
+            rows,
+            footer,
+            size.columns,
+            size.lines,
+            state_width=self._state_width,
+            phase_width=self._phase_width,
+        )
         parts = []
         if self._drawn:
             parts.append(f"\r\x1b[{self._drawn}A")

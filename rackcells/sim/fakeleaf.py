@@ -213,14 +213,13 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         view = memoryview(body)
-        if not leaf.throttle:
-            self.wfile.write(view)
-            return
-        for offset in range(0, len(view), 1 << 20):
+        step = 1 << 20 if leaf.throttle else max(1, len(view))
+        for offset in range(0, len(view), step):
             try:
-                self.wfile.write(view[offset : offset + (1 << 20)])
-            except OSError:
-                return  # the client went away
+                self.wfile.write(view[offset : offset + step])
+            except OSError:  # the client went away (a machine lost power)
+                self.close_connection = True
+                return
             time.sleep(leaf.throttle)
 
     def log_message(self, format: str, *args: Any) -> None:

@@ -61,10 +61,6 @@ class NetBoot:
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="netboot")
         self._jobs: dict[str, _Job] = {}  # machine name -> latest job; event-loop thread only
         self._macs: dict[str, str] = {}
-        # This module logs every outcome with the machine's name; the agent's own lines, which
-        # lack it, only help when debugging.
-        agent_log = logging.getLogger("rackcells.agent")
-        agent_log.setLevel(logging.DEBUG if LOG.isEnabledFor(logging.DEBUG) else logging.CRITICAL)
 
     def attach(self, machine: VirtualMachine, mac: str) -> None:
         """Give ``machine`` a boot server: its PXE boots now fetch scripts from ``boot_url``."""

@@ -330,6 +330,10 @@ def run_worker(config: WorkerConfig, conn: Connection) -> None:
         level=config.log_level,
         format=f"rackcells-sim[w{config.worker_id}] %(levelname)s %(name)s: %(message)s",
     )
+    # Network boots log every outcome with the machine's name; the agents' own lines, which
+    # lack it, only help when debugging.
+    if config.log_level > logging.DEBUG:
+        logging.getLogger("rackcells.agent").setLevel(logging.CRITICAL)
     shard = Shard(config, conn)
     shard.install_signal_handlers()
     try:

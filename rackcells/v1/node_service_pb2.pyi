@@ -190,7 +190,8 @@ class ListNodesRequest(_message.Message):
     """A conjunction of conditions joined by AND, for example
     `provision_state = AVAILABLE AND resource_class = "gpu" AND maintenance = false AND
     traits:"CUSTOM_RACK_R1"`. Fields: provision_state, power_state, resource_class,
-    maintenance (= and !=), traits (has: `traits:"X"`, and `-traits:"X"` for has not).
+    maintenance, uid (= and !=), mac (=), traits (has: `traits:"X"`, and `-traits:"X"` for
+    has not). Through the top cell, uid and mac look-ups ask only the owning cell.
     """
     order_by: _builtins.str
     """Comma-separated fields, each optionally followed by desc: name, resource_class,

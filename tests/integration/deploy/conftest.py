@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from deploykit import DeployCell, FakeMachine, ImageSource, mac_of, make_image
+from deploykit import DeployCell, FakeMachine, ImageSource, bmc_address, make_image, node_mac
 
 from leaf_cell.drivers import load_driver
 from leaf_cell.drivers.fake import FakeDriver
@@ -94,17 +94,18 @@ def machine(fake: FakeDriver) -> Iterator[Callable[..., FakeMachine]]:
 def rack(
     fake: FakeDriver, machine: Callable[..., FakeMachine]
 ) -> Callable[..., list[FakeMachine]]:
-    """``rack(cell, count, prefix="d")``: nodes PREFIX0..N-1 enrolled and available, each with
-    a fake BMC (10.77.0.i+1) and a :class:`FakeMachine` ready to PXE-boot."""
+    """``rack(cell, count, prefix="d", boot=True)``: nodes PREFIX0..N-1 enrolled and available,
+    each with a fake BMC (:func:`bmc_address`); with ``boot`` each also gets a started
+    :class:`FakeMachine` that PXE-boots when the leaf powers it on."""
 
     def build(cell: DeployCell, count: int, prefix: str = "d", boot: bool = True) -> list[Any]:
         made = []
         for i in range(count):
-            address = f"10.77.{len(prefix)}.{i + 1}"
+            address, mac = bmc_address(i, prefix), node_mac(i, prefix)
             fake.add_bmc(address)
-            cell.create(f"{prefix}{i}", address, mac_of(i + 100 * len(prefix)))
+            cell.create(f"{prefix}{i}", address, mac)
             cell.make_available(f"{prefix}{i}")
-            made.append(machine(cell, address, mac_of(i + 100 * len(prefix))) if boot else None)
+            made.append(machine(cell, address, mac) if boot else None)
         return made
 
     return build

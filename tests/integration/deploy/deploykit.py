@@ -70,8 +70,15 @@ def node_name(node_id: str) -> str:
     return f"cells/{CELL}/nodes/{node_id}"
 
 
-def mac_of(i: int) -> str:
-    return f"52:54:00:de:{i >> 8 & 255:02x}:{i & 255:02x}"
+def node_mac(i: int, prefix: str = "d") -> str:
+    """The MAC of node PREFIXi as the ``rack`` fixture enrols it."""
+    n = i + 100 * len(prefix)
+    return f"52:54:00:de:{n >> 8 & 255:02x}:{n & 255:02x}"
+
+
+def bmc_address(i: int, prefix: str = "d") -> str:
+    """The fake BMC address of node PREFIXi as the ``rack`` fixture enrols it."""
+    return f"10.77.{len(prefix)}.{i + 1}"
 
 
 def http_get(url: str, timeout: float = 10.0) -> tuple[int, str]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 
 import grpc
-from deploykit import expect_error, mac_of, wait_until
+from deploykit import bmc_address, expect_error, node_mac, wait_until
 from google.rpc import code_pb2
 
 from leaf_cell.drivers.base import PowerState
@@ -27,7 +27,7 @@ def test_wrong_image_checksum_fails_in_image_cache_and_a_corrected_deploy_succee
     assert op.error.code == code_pb2.FAILED_PRECONDITION
     node = cell.assert_failed_cleanly("d0", op, "image_cache")
     assert "checksum" in node.last_error
-    assert fake.bmc("10.77.1.1").power is PowerState.OFF  # never powered on for a bad image
+    assert fake.bmc(bmc_address(0)).power is PowerState.OFF  # never powered on for a bad image
 
     op = cell.wait(cell.deploy("d0", image.url, image.checksum))
     assert not op.HasField("error"), op.error
@@ -50,7 +50,7 @@ def test_node_that_never_fetches_its_boot_script_fails_in_pxe(start_cell, rack, 
     assert op.error.code == code_pb2.DEADLINE_EXCEEDED
     node = cell.assert_failed_cleanly("d0", op, "pxe")
     assert "boot script" in node.last_error
-    assert fake.bmc("10.77.1.1").power is PowerState.ON  # it was powered on to PXE-boot
+    assert fake.bmc(bmc_address(0)).power is PowerState.ON  # it was powered on to PXE-boot
     assert [p.phase for p in node.last_deploy.phases] == ["queued", "image_cache", "power_on"]
 
 
@@ -58,9 +58,9 @@ def test_agent_reporting_failure_fails_in_image_write(cell, rack, image, fake) -
     rack(cell, 1, boot=False)
     op = cell.deploy("d0", image.url, image.checksum)
     cell.wait_state("d0", node_pb2.PROVISION_STATE_WAIT_CALL_BACK)
-    wait_until(lambda: _powered_on(fake, "10.77.1.1"), "power on")
+    wait_until(lambda: _powered_on(fake, bmc_address(0)), "power on")
     # Act as the deploy agent: one lookup for the plan, one report.
-    found = cell.lookup(mac_of(100))
+    found = cell.lookup(node_mac(0))
     assert found.node == "cells/rack-1/nodes/d0"
     assert found.plan.image_checksum == image.checksum
     assert found.plan.image_url.startswith(cell.http + "/images/")
@@ -88,16 +88,13 @@ def test_agent_reporting_failure_fails_in_image_write(cell, rack, image, fake) -
 
 
 def test_agent_report_with_wrong_token_is_denied_and_the_deploy_continues(
-    cell, rack, image, fake
+    cell, rack, image, fake, machine
 ) -> None:  # type: ignore[no-untyped-def]
-    [machine] = rack(cell, 1)
-    # Hold the real agent back until the forged report was refused: the machine thread only
-    # boots once the BMC is on, so take the plan first by looking the node up ourselves.
-    machine.stop()
+    rack(cell, 1, boot=False)
     op = cell.deploy("d0", image.url, image.checksum)
     cell.wait_state("d0", node_pb2.PROVISION_STATE_WAIT_CALL_BACK)
-    wait_until(lambda: _powered_on(fake, "10.77.1.1"), "power on")
-    found = cell.lookup(mac_of(100))
+    wait_until(lambda: _powered_on(fake, bmc_address(0)), "power on")
+    found = cell.lookup(node_mac(0))
     err = expect_error(
         grpc.StatusCode.PERMISSION_DENIED,
         cell.agent.ReportDeploy,
@@ -121,14 +118,8 @@ def test_agent_report_with_wrong_token_is_denied_and_the_deploy_continues(
             node=found.node, deploy_id="not-this-one", token=found.plan.token, success=True
         ),
     )
-    # The genuine agent still finishes the deploy.
-    from deploykit import FakeMachine
-
-    agent = FakeMachine(cell, fake, "10.77.1.1", mac_of(100)).start()
-    try:
-        result = agent.join()
-    finally:
-        agent.stop()
+    # The genuine agent (a machine that boots now) still finishes the deploy.
+    result = machine(cell, bmc_address(0), node_mac(0)).join()
     assert result is not None and result.success, result
     op = cell.wait(op)
     assert not op.HasField("error"), op.error
@@ -158,7 +149,7 @@ def test_lookup_of_a_node_that_is_not_deploying_is_failed_precondition(cell, rac
     err = expect_error(
         grpc.StatusCode.FAILED_PRECONDITION,
         cell.agent.LookupNode,
-        agent_service_pb2.LookupNodeRequest(macs=[mac_of(100)]),
+        agent_service_pb2.LookupNodeRequest(macs=[node_mac(0)]),
     )
     assert "cells/rack-1/nodes/d0" in err.details()
     assert cell.get("d0").provision_state == node_pb2.PROVISION_STATE_AVAILABLE

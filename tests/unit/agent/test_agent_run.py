@@ -73,7 +73,11 @@ def test_success_writes_the_exact_bytes_and_reports_with_the_token(
     assert (result.node, result.deploy_id) == ("cells/rack-1/nodes/n1", plan.deploy_id)
     assert (result.bytes_written, result.checksum, result.error) == (len(IMAGE), IMAGE_SHA, "")
     [report] = leaf.reports
-    assert (report.node, report.deploy_id, report.token) == (result.node, plan.deploy_id, plan.token)
+    assert (report.node, report.deploy_id, report.token) == (
+        result.node,
+        plan.deploy_id,
+        plan.token,
+    )
     assert (report.success, report.error) == (True, "")
     assert (report.bytes_written, report.written_checksum) == (len(IMAGE), IMAGE_SHA)
     assert report.write_duration.ToNanoseconds() > 0
@@ -150,9 +154,7 @@ def test_not_found_is_final(leaf: FakeLeaf) -> None:
 
 def test_failed_precondition_and_unavailable_are_retried(leaf: FakeLeaf) -> None:
     leaf.deploy("n1", MAC, "test.img")
-    leaf.lookup_errors.extend(
-        [grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNAVAILABLE]
-    )
+    leaf.lookup_errors.extend([grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNAVAILABLE])
     result = run(leaf, open_device=lambda _path: Disk())
     assert result.success, result.error
     assert len(leaf.lookups) == 3
@@ -186,10 +188,8 @@ def test_an_unreachable_leaf_ends_after_the_lookup_timeout() -> None:
     assert "UNAVAILABLE" in result.error
 
 
-def test_the_token_never_appears_in_logs(
-    leaf: FakeLeaf, caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.DEBUG)
+def test_the_token_never_appears_in_logs(leaf: FakeLeaf, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="rackcells.agent")
     tokens = [leaf.deploy("n1", MAC, "test.img").token]
     assert run(leaf, open_device=lambda _path: Disk()).success
     tokens.append(leaf.deploy("n1", MAC, "test.img", checksum="sha256:" + "0" * 64).token)

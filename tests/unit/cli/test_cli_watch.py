@@ -133,6 +133,8 @@ def test_board_fits_the_terminal_and_summarises_the_rest() -> None:
     assert [line.split()[0] for line in lines[1:4]] == ["n7", "n8", "n9"]
     assert lines[4] == "… and 6 more: 6 active"
     assert board_lines([], "watching …", 40, 6) == ["watching …"]
+    sticky = board_lines(rows[2:3], "", 50, 6, state_width=14, phase_width=6)
+    assert sticky == ["n2  deploying       boot    [#-------------]  10%"]
 
 
 def test_event_row_and_line() -> None:

