@@ -323,53 +323,68 @@ def _stream(
     timeout: float,
     cancel: threading.Event | None,
 ) -> int:
+    """Open the device, then the download, and copy; returns the bytes written."""
+    # The device first: a missing or read-only disk fails the deploy before any download.
+    try:
+        device = open_device(plan.target_device)
+    except OSError as err:
+        if cancel is not None and cancel.is_set():
+            raise Cancelled from None
+        raise AgentError(f"cannot open {plan.target_device}: {err}") from None
+    try:
+        response = _open_image(plan.image_url, timeout)
+        with contextlib.closing(response):
+            length = response.headers.get("Content-Length")
+            if length is not None and length.isdigit() and int(length) != plan.image_size:
+                raise AgentError(
+                    f"image server offers {length} bytes at {_loggable_url(plan.image_url)}, "
+                    f"the plan says {plan.image_size}"
+                )
+            written = _copy(response, device, plan, digest, cancel)
+        _sync(device, plan.target_device, written)
+    finally:
+        with contextlib.suppress(OSError):
+            device.close()
+    return written
+
+
+def _copy(
+    response: HTTPResponse,
+    device: Device,
+    plan: pb.DeployPlan,
+    digest: hashlib._Hash,
+    cancel: threading.Event | None,
+) -> int:
+    """Chunk by chunk: never more than one chunk of the image in memory."""
     url = _loggable_url(plan.image_url)
-    response = _open_image(plan.image_url, timeout)
-    with contextlib.closing(response):
-        length = response.headers.get("Content-Length")
-        if length is not None and length.isdigit() and int(length) != plan.image_size:
-            raise AgentError(
-                f"image server offers {length} bytes at {url}, the plan says {plan.image_size}"
+    written = 0
+    progress = _Progress(plan.image_size)
+    while True:
+        if cancel is not None and cancel.is_set():
+            raise Cancelled
+        try:
+            chunk = response.read(CHUNK_SIZE)
+        except (OSError, HTTPException) as err:
+            raise _PartialWrite(
+                f"image download from {url} broke after {written} bytes: {err}", written
+            ) from None
+        if not chunk:
+            return written
+        if written + len(chunk) > plan.image_size:
+            raise _PartialWrite(
+                f"image at {url} is larger than the plan's {plan.image_size} bytes", written
             )
         try:
-            device = open_device(plan.target_device)
+            _write_all(device, chunk)
         except OSError as err:
-            raise AgentError(f"cannot open {plan.target_device}: {err}") from None
-        written = 0
-        progress = _Progress(plan.image_size)
-        try:
-            while True:
-                if cancel is not None and cancel.is_set():
-                    raise Cancelled
-                try:
-                    chunk = response.read(CHUNK_SIZE)
-                except (OSError, HTTPException) as err:
-                    raise _PartialWrite(
-                        f"image download from {url} broke after {written} bytes: {err}", written
-                    ) from None
-                if not chunk:
-                    break
-                if written + len(chunk) > plan.image_size:
-                    raise _PartialWrite(
-                        f"image at {url} is larger than the plan's {plan.image_size} bytes",
-                        written,
-                    )
-                try:
-                    _write_all(device, chunk)
-                except OSError as err:
-                    if cancel is not None and cancel.is_set():
-                        raise Cancelled from None
-                    raise _PartialWrite(
-                        f"writing {plan.target_device} failed at byte {written}: {err}", written
-                    ) from None
-                digest.update(chunk)
-                written += len(chunk)
-                progress.update(written)
-            _sync(device, plan.target_device, written)
-        finally:
-            with contextlib.suppress(OSError):
-                device.close()
-    return written
+            if cancel is not None and cancel.is_set():
+                raise Cancelled from None
+            raise _PartialWrite(
+                f"writing {plan.target_device} failed at byte {written}: {err}", written
+            ) from None
+        digest.update(chunk)
+        written += len(chunk)
+        progress.update(written)
 
 
 def _open_image(url: str, timeout: float) -> HTTPResponse:

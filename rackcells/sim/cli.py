@@ -145,6 +145,14 @@ def _build_parser() -> argparse.ArgumentParser:
         help="disks only count and hash what the agent writes (the default)",
     )
     rack.add_argument(
+        "--disk-writers",
+        type=int,
+        default=8,
+        metavar="N",
+        help="agents per worker process that write their disk at once; the others wait "
+        "for a turn (default %(default)s)",
+    )
+    rack.add_argument(
         "--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
     )
     return parser
@@ -171,6 +179,8 @@ def parse_rack_options(argv: Sequence[str]) -> RackOptions:
         parser.error("--boot-url must be http://HOST[:PORT][/PATH]")
     if (args.disk_dir or args.disk_sink) and args.boot_url is None:
         parser.error("--disk-dir and --disk-sink need --boot-url")
+    if args.disk_writers < 1:
+        parser.error("--disk-writers must be at least 1")
     password = args.password if args.password is not None else secrets.token_urlsafe(12)
     if not password or len(password.encode()) > _MAX_IPMI_PASSWORD:
         parser.error(f"--password must be 1..{_MAX_IPMI_PASSWORD} bytes")
@@ -191,6 +201,7 @@ def parse_rack_options(argv: Sequence[str]) -> RackOptions:
         log_level=getattr(logging, args.log_level),
         boot_url=args.boot_url.rstrip("/") if args.boot_url else None,
         disk_dir=args.disk_dir.resolve() if args.disk_dir else None,
+        disk_writers=args.disk_writers,
     )
 
 

@@ -17,6 +17,7 @@ import errno
 import hashlib
 import io
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 _ZEROS = bytes(1 << 20)
@@ -30,6 +31,8 @@ class VirtualDisk:
         self._sha256 = hashlib.sha256()
         self.size = 0
         self.closed = False
+        #: Called once, when the disk is first closed.
+        self.on_close: Callable[[], None] | None = None
 
     def write(self, data: bytes, /) -> int:
         if self._cancel.is_set():
@@ -50,6 +53,8 @@ class VirtualDisk:
         raise io.UnsupportedOperation("a virtual disk has no file descriptor")
 
     def close(self) -> None:
+        if not self.closed and self.on_close is not None:
+            self.on_close()
         self.closed = True
 
     def checksum(self) -> str | None:

@@ -7,6 +7,12 @@ for a deploy script run the agent against the machine's virtual disk.  Jobs neve
 machine: they hand results to the loop with ``post`` (thread-safe), and the machine ignores
 results for a boot it has left (see ``boot_epoch`` in :mod:`rackcells.sim.machine`).
 
+Every booting machine gets a thread at once (script fetch and lookup are cheap and mostly
+wait), but only ``writers`` agents per worker stream their image at a time; the others wait for
+a turn when they open their disk.  Without that bound a hundred agents fight the event loop
+for the GIL and the BMCs and the control API answer in seconds instead of milliseconds; the
+host's cores, not the thread count, set the rack's total write rate anyway.
+
 A power-off or reset sets the job's ``cancel`` event: the agent stops at its next chunk or
 poll, its disk refuses further writes, and it does not report, as a machine without power
 cannot.  A new deploy on the same machine first waits for such an abandoned job to unwind, so
@@ -15,6 +21,7 @@ two agents never write one disk.
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 from collections.abc import Callable
@@ -33,6 +40,7 @@ AGENT_LOOKUP_TIMEOUT = 60.0
 AGENT_RPC_TIMEOUT = 10.0
 _UNWIND_TIMEOUT = 2 * AGENT_RPC_TIMEOUT
 _SHUTDOWN_GRACE = 3.0
+_TURN_POLL = 0.1
 
 #: Runs a callback in the worker's event loop with the loop's monotonic time; any thread.
 Post = Callable[[Callable[[float], object]], None]
@@ -54,11 +62,14 @@ class _Job:
 class NetBoot:
     """The PXE and deploy-agent behaviour of the machines of one worker."""
 
-    def __init__(self, boot_url: str, disks: DiskStore, post: Post, threads: int) -> None:
+    def __init__(
+        self, boot_url: str, disks: DiskStore, post: Post, *, threads: int, writers: int
+    ) -> None:
         self.boot_url = boot_url
         self.disks = disks
         self._post = post
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="netboot")
+        self._writers = threading.BoundedSemaphore(writers)
         self._jobs: dict[str, _Job] = {}  # machine name -> latest job; event-loop thread only
         self._macs: dict[str, str] = {}
 
@@ -129,7 +140,15 @@ class NetBoot:
         disks: list[VirtualDisk] = []
 
         def open_device(_target: str) -> VirtualDisk:
-            disk = self.disks.open(machine.name, job.cancel)
+            while not self._writers.acquire(timeout=_TURN_POLL):
+                if job.cancel.is_set():
+                    raise OSError(errno.EIO, "the machine is off")
+            try:
+                disk = self.disks.open(machine.name, job.cancel)
+            except BaseException:
+                self._writers.release()
+                raise
+            disk.on_close = self._writers.release
             disks.append(disk)
             self._post(lambda _now: machine.disk_changed(0, None))
             return disk

@@ -70,6 +70,8 @@ class WorkerConfig:
     boot_url: str | None = None
     #: Image files of the machines' disks; None: the disks only count and hash.
     disk_dir: Path | None = None
+    #: Agents of this worker that write their disk at the same time.
+    disk_writers: int = 8
 
 
 class _Marker:
@@ -106,6 +108,7 @@ class Shard:
                 DiskStore(config.disk_dir),
                 self.post,
                 threads=len(config.nodes),
+                writers=config.disk_writers,
             )
 
     # -- BmcHost -------------------------------------------------------------------------

@@ -91,9 +91,7 @@ def machine(fake: FakeDriver) -> Iterator[Callable[..., FakeMachine]]:
 
 
 @pytest.fixture
-def rack(
-    fake: FakeDriver, machine: Callable[..., FakeMachine]
-) -> Callable[..., list[FakeMachine]]:
+def rack(fake: FakeDriver, machine: Callable[..., FakeMachine]) -> Callable[..., list[FakeMachine]]:
     """``rack(cell, count, prefix="d", boot=True)``: nodes PREFIX0..N-1 enrolled and available,
     each with a fake BMC (:func:`bmc_address`); with ``boot`` each also gets a started
     :class:`FakeMachine` that PXE-boots when the leaf powers it on."""

@@ -13,6 +13,7 @@ import hashlib
 import http.server
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -27,6 +28,7 @@ from typing import Any
 import grpc
 import pytest
 from google.longrunning import operations_pb2, operations_pb2_grpc
+from google.protobuf import json_format
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
@@ -135,8 +137,13 @@ class Cell:
     # -- nodes -------------------------------------------------------------------------------
 
     def create(
-        self, node_id: str, address: str, mac: str, driver: str = "fake", port: int = 0,
-        password: str = "pw",  # noqa: S107 - a fake BMC
+        self,
+        node_id: str,
+        address: str,
+        mac: str,
+        driver: str = "fake",
+        port: int = 0,
+        password: str = "pw",
     ) -> node_pb2.Node:
         return self.nodes.CreateNode(
             node_service_pb2.CreateNodeRequest(
@@ -152,6 +159,17 @@ class Cell:
                     ),
                     ports=[node_pb2.Port(mac=mac, pxe_enabled=True)],
                 ),
+            )
+        )
+
+    def enrol(self, entry: dict[str, Any]) -> node_pb2.Node:
+        """Creates a node from one entry of a simulator's inventory file."""
+        node = json_format.ParseDict(
+            {k: v for k, v in entry.items() if k != "name"}, node_pb2.Node()
+        )
+        return self.nodes.CreateNode(
+            node_service_pb2.CreateNodeRequest(
+                parent=f"cells/{CELL}", node_id=entry["name"], node=node
             )
         )
 
@@ -371,7 +389,7 @@ class ImageSource:
                 if os.path.isfile(found):
                     source.downloads += 1
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: Any) -> None:
                 pass
 
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -383,6 +401,51 @@ class ImageSource:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(HANG_GUARD)
+
+
+class BootGate:
+    """A boot server in front of the leaf's: while closed, every ``/boot/<mac>`` fetch fails
+    (503), so a PXE-booting machine gives up and its deploy waits in the pxe phase for as long
+    as the test wants; while open, fetches are relayed to ``upstream``."""
+
+    def __init__(self) -> None:
+        gate = self
+        self.upstream = ""
+        self.is_open = False
+        self.refused = 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if gate.is_open and gate.upstream and self.path.startswith("/boot/"):
+                    status, body = http_get(gate.upstream + self.path)
+                else:
+                    gate.refused += 1
+                    status, body = 503, "the gate is closed\n"
+                data = body.encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(HANG_GUARD)
+
+
+def free_tcp_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 # -- subprocesses -------------------------------------------------------------------------------
@@ -429,10 +492,21 @@ class LeafProcess:
         with (self.workdir / f"leaf-{self.starts}.log").open("wb") as log:
             self.proc = subprocess.Popen(
                 [
-                    *base, "serve", "--cell", CELL, "--listen", "127.0.0.1:0", "--db", self.db,
-                    "--port-file", str(port_file),
-                    "--secret-key-file", str(self.workdir / "leaf.key"),
-                    "--power-sync-interval", "0", *self.args,
+                    *base,
+                    "serve",
+                    "--cell",
+                    CELL,
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--db",
+                    self.db,
+                    "--port-file",
+                    str(port_file),
+                    "--secret-key-file",
+                    str(self.workdir / "leaf.key"),
+                    "--power-sync-interval",
+                    "0",
+                    *self.args,
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,

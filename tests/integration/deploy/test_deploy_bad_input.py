@@ -13,7 +13,9 @@ GOOD_URL = "http://127.0.0.1:9/os.img"
 GOOD_SUM = "sha256:" + "ab" * 32
 
 
-def _deploy_request(node_id: str, url: str, checksum: str) -> node_service_pb2.ChangeProvisionStateRequest:
+def _deploy_request(
+    node_id: str, url: str, checksum: str
+) -> node_service_pb2.ChangeProvisionStateRequest:
     return node_service_pb2.ChangeProvisionStateRequest(
         name=node_name(node_id),
         action=node_service_pb2.PROVISION_ACTION_DEPLOY,
@@ -68,7 +70,9 @@ def test_deploy_with_malformed_checksum_is_invalid(cell, rack) -> None:  # type:
 def test_deploy_with_non_http_image_url_is_invalid(cell, rack) -> None:  # type: ignore[no-untyped-def]
     rack(cell, 1, boot=False)
     err = _refused(
-        cell, grpc.StatusCode.INVALID_ARGUMENT, _deploy_request("d0", "file:///etc/passwd", GOOD_SUM)
+        cell,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        _deploy_request("d0", "file:///etc/passwd", GOOD_SUM),
     )
     assert violation_fields(err) == ["instance_info.image_url"]
 
@@ -98,9 +102,7 @@ def test_deploy_from_manageable_is_failed_precondition(cell, fake) -> None:  # t
     assert "MANAGEABLE" in err.details() and "deploy" in err.details()
 
 
-def test_deploy_at_a_leaf_without_boot_http_server_is_failed_precondition(
-    start_cell, rack
-) -> None:  # type: ignore[no-untyped-def]
+def test_deploy_at_a_leaf_without_boot_http_server_is_failed_precondition(start_cell, rack) -> None:  # type: ignore[no-untyped-def]
     cell = start_cell(http_listen="")
     assert cell.server.deploys is None
     rack(cell, 1, boot=False)

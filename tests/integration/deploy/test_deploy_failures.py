@@ -43,7 +43,9 @@ def test_image_url_answering_404_fails_in_image_cache(cell, rack, image) -> None
     assert "404" in node.last_error
 
 
-def test_node_that_never_fetches_its_boot_script_fails_in_pxe(start_cell, rack, image, fake) -> None:  # type: ignore[no-untyped-def]
+def test_node_that_never_fetches_its_boot_script_fails_in_pxe(
+    start_cell, rack, image, fake
+) -> None:  # type: ignore[no-untyped-def]
     cell = start_cell(deploy_pxe_timeout=1.0)
     rack(cell, 1, boot=False)  # no machine behind the BMC: nothing fetches /boot/<mac>
     op = cell.wait(cell.deploy("d0", image.url, image.checksum))

@@ -8,9 +8,9 @@ import threading
 from collections.abc import Callable
 
 import grpc
-from deploykit import PHASES, expect_error, node_name
+from deploykit import PHASES, expect_error, node_name, wait_until
 
-from rackcells.v1 import node_service_pb2
+from rackcells.v1 import node_pb2, node_service_pb2
 
 STREAM_GUARD = 30.0  # seconds: only a hang guard for each stream
 
@@ -53,13 +53,21 @@ def test_live_watch_sees_every_deploy_phase_in_order_with_increasing_revisions(
     rack(cell, 1)
     events: list[node_service_pb2.NodeEvent] = []
 
+    events_seen: list[int] = []
+
     def watch() -> None:
         # From revision 0: the enrolment's events first, then the deploy's as they happen.
-        events.extend(_collect(cell, _deployed, names=(node_name("d0"),)))
+        events.extend(
+            _collect(
+                cell,
+                lambda e: events_seen.append(e.revision) or _deployed(e),
+                names=(node_name("d0"),),
+            )
+        )
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
-    wait_until(lambda: cell.server.deploys is not None and _stream_open(cell), "the stream")
+    wait_until(lambda: events_seen, "the stream to replay the enrolment")
     op = cell.deploy("d0", image.url, image.checksum)
     assert not cell.wait(op).HasField("error")
     watcher.join(STREAM_GUARD)
@@ -69,8 +77,28 @@ def test_live_watch_sees_every_deploy_phase_in_order_with_increasing_revisions(
     assert revisions == sorted(set(revisions)), revisions
     assert {e.node for e in events} == {node_name("d0")}
     assert _phase_sequence(events) == [*PHASES, "active"]
-    provision = [e.detail for e in events if e.kind == "provision"]
-    assert provision[-1] == "DEPLOYING -> ACTIVE" or "ACTIVE" in provision[-1], provision
+    assert "AVAILABLE -> DEPLOYING (deploy)" in [e.detail for e in events if e.kind == "provision"]
+    assert events[-1].provision_state == node_pb2.PROVISION_STATE_ACTIVE
+
+
+def test_deploy_records_its_provision_transitions_as_events_like_other_actions(
+    cell, rack, image
+) -> None:  # type: ignore[no-untyped-def]
+    """manage, provide and undeploy record every state change as a ``provision`` event
+    ("VERIFYING -> MANAGEABLE"); a deploy must too, or a watcher filtering on provision
+    changes never sees a node become ACTIVE (or DEPLOY_FAILED)."""
+    rack(cell, 2)
+    assert not cell.wait(cell.deploy("d0", image.url, image.checksum)).HasField("error")
+    missing = "sha256:" + "0" * 64  # not in the cache, and the URL answers 404
+    assert cell.wait(cell.deploy("d1", image.source.url + "/nope.img", missing)).HasField("error")
+    events = _collect(cell, lambda e: e.kind == "deploy_failed")
+    changes = {
+        node: [e.detail for e in events if e.kind == "provision" and e.node == node_name(node)]
+        for node in ("d0", "d1")
+    }
+    assert changes["d0"][:2] == ["ENROLL -> VERIFYING (manage)", "VERIFYING -> MANAGEABLE"]
+    assert any(d.endswith("-> ACTIVE") for d in changes["d0"]), changes["d0"]
+    assert any(d.endswith("-> DEPLOY_FAILED") for d in changes["d1"]), changes["d1"]
 
 
 def test_replay_from_zero_has_provision_changes_and_all_phases_of_a_deploy(
@@ -82,9 +110,7 @@ def test_replay_from_zero_has_provision_changes_and_all_phases_of_a_deploy(
 
     revisions = [e.revision for e in events]
     assert revisions == sorted(set(revisions)) and revisions[0] > 0
-    deploy_events = events[
-        next(i for i, e in enumerate(events) if "(deploy)" in e.detail) :
-    ]
+    deploy_events = events[next(i for i, e in enumerate(events) if "(deploy)" in e.detail) :]
     assert _phase_sequence(deploy_events) == [*PHASES, "active"]
     details = [e.detail for e in events if e.kind == "provision"]
     assert "AVAILABLE -> DEPLOYING (deploy)" in details

@@ -20,6 +20,7 @@ from rackcells.sim.fakeleaf import FakeLeaf, running_fake_leaf
 from rackcells.sim.harness import RunningSim, wait_until
 
 NODES = 6
+Connect = Callable[[int], command.Command]
 IMAGE = os.urandom(3 << 20) + bytes(2 << 20) + b"tail"  # data, a hole, data
 
 
@@ -53,10 +54,22 @@ def mac(sim: RunningSim, index: int) -> str:
     return str(sim.inventory[index - 1]["ports"][0]["mac"])
 
 
-def connect(sim: RunningSim, index: int) -> command.Command:
-    return command.Command(
-        bmc="127.0.0.1", port=sim.port(index), userid=b"admin", password=sim.password.encode()
-    )
+@pytest.fixture
+def connect(sim: RunningSim) -> Iterator[Callable[[int], command.Command]]:
+    """pyghmi clients for this test, logged out after it: pyghmi keeps sessions alive
+    process-wide, and stale ones would slow the pyghmi clients of later test modules."""
+    clients: list[command.Command] = []
+
+    def open_client(index: int) -> command.Command:
+        client = command.Command(
+            bmc="127.0.0.1", port=sim.port(index), userid=b"admin", password=sim.password.encode()
+        )
+        clients.append(client)
+        return client
+
+    yield open_client
+    for client in clients:
+        client.ipmi_session.logout()
 
 
 def power_cycle(client: command.Command) -> None:
@@ -70,10 +83,10 @@ def wait_phase(sim: RunningSim, index: int, phase: str) -> dict[str, object]:
 
 
 def test_pxe_deploy_writes_the_image_and_the_machine_then_boots_it(
-    sim: RunningSim, leaf: FakeLeaf, disk_dir: Path
+    sim: RunningSim, leaf: FakeLeaf, disk_dir: Path, connect: Connect
 ) -> None:
     plan = leaf.deploy(sim.name(1), mac(sim, 1), "test.img")
-    client = connect(sim, 1)
+    client = connect(1)
     client.set_bootdev("network")
     client.set_power("on")
 
@@ -100,9 +113,11 @@ def test_pxe_deploy_writes_the_image_and_the_machine_then_boots_it(
     client.set_power("off")
 
 
-def test_boot_from_disk_script_boots_the_disk(sim: RunningSim, leaf: FakeLeaf) -> None:
+def test_boot_from_disk_script_boots_the_disk(
+    sim: RunningSim, leaf: FakeLeaf, connect: Connect
+) -> None:
     leaf.boot_from_disk(sim.name(2), mac(sim, 2))
-    client = connect(sim, 2)
+    client = connect(2)
     client.set_bootdev("network")
     client.set_power("on")
     machine = wait_phase(sim, 2, "booted")
@@ -112,9 +127,9 @@ def test_boot_from_disk_script_boots_the_disk(sim: RunningSim, leaf: FakeLeaf) -
 
 
 def test_unknown_mac_fails_pxe_and_retries_on_the_next_power_on(
-    sim: RunningSim, leaf: FakeLeaf
+    sim: RunningSim, leaf: FakeLeaf, connect: Connect
 ) -> None:
-    client = connect(sim, 3)
+    client = connect(3)
     client.set_bootdev("network", persist=True)
     client.set_power("on")
     machine = wait_phase(sim, 3, "pxe_failed")
@@ -128,9 +143,9 @@ def test_unknown_mac_fails_pxe_and_retries_on_the_next_power_on(
     client.set_power("off")
 
 
-def test_power_off_stops_a_waiting_agent(sim: RunningSim, leaf: FakeLeaf) -> None:
+def test_power_off_stops_a_waiting_agent(sim: RunningSim, leaf: FakeLeaf, connect: Connect) -> None:
     leaf.deploy(sim.name(4), mac(sim, 4), "test.img", waiting=False)
-    client = connect(sim, 4)
+    client = connect(4)
     client.set_bootdev("network")
     client.set_power("on")
     wait_phase(sim, 4, "agent")
@@ -145,13 +160,13 @@ def test_power_off_stops_a_waiting_agent(sim: RunningSim, leaf: FakeLeaf) -> Non
 
 
 def test_power_off_aborts_a_download_and_the_next_deploy_succeeds(
-    sim: RunningSim, leaf: FakeLeaf, disk_dir: Path
+    sim: RunningSim, leaf: FakeLeaf, disk_dir: Path, connect: Connect
 ) -> None:
     name = sim.name(5)
     leaf.deploy(name, mac(sim, 5), "test.img")
     leaf.throttle = 0.3
     try:
-        client = connect(sim, 5)
+        client = connect(5)
         client.set_bootdev("network", persist=True)
         client.set_power("on")
         disk = disk_dir / f"{name}.img"
@@ -173,9 +188,11 @@ def test_power_off_aborts_a_download_and_the_next_deploy_succeeds(
     client.set_power("off")
 
 
-def test_failed_deploy_is_reported_and_visible(sim: RunningSim, leaf: FakeLeaf) -> None:
+def test_failed_deploy_is_reported_and_visible(
+    sim: RunningSim, leaf: FakeLeaf, connect: Connect
+) -> None:
     leaf.deploy(sim.name(6), mac(sim, 6), "test.img", checksum="sha256:" + "0" * 64)
-    client = connect(sim, 6)
+    client = connect(6)
     client.set_bootdev("network")
     client.set_power("on")
     machine = wait_phase(sim, 6, "agent_done")

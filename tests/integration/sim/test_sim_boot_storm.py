@@ -42,13 +42,7 @@ def test_a_hundred_machines_deploy_at_once(
     )
     for i, node in enumerate(sim.inventory, start=1):
         leaf.deploy(sim.name(i), node["ports"][0]["mac"], "storm.img")
-    for i in range(1, NODES + 1):
-        client = command.Command(
-            bmc="127.0.0.1", port=sim.port(i), userid=b"admin", password=sim.password.encode()
-        )
-        client.set_bootdev("network")
-        client.set_power("on")
-
+    clients: list[command.Command] = []
     slowest_list = 0.0
 
     def all_done() -> bool:
@@ -58,7 +52,18 @@ def test_a_hundred_machines_deploy_at_once(
         slowest_list = max(slowest_list, time.monotonic() - started)
         return all(m["phase"] == "agent_done" for m in machines)
 
-    wait_until(all_done, "every agent", timeout=120)
+    try:
+        for i in range(1, NODES + 1):
+            client = command.Command(
+                bmc="127.0.0.1", port=sim.port(i), userid=b"admin", password=sim.password.encode()
+            )
+            clients.append(client)
+            client.set_bootdev("network")
+            client.set_power("on")
+        wait_until(all_done, "every agent", timeout=120)
+    finally:
+        for client in clients:  # pyghmi would keep them alive for later test modules
+            client.ipmi_session.logout()
     image_sha = "sha256:" + hashlib.sha256(IMAGE).hexdigest()
     machines = sim.control.machines()
     assert all((m["deploys"], m["disk_sha256"]) == (1, image_sha) for m in machines)

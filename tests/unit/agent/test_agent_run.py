@@ -102,11 +102,11 @@ def test_checksum_mismatch_is_reported_as_a_failure(leaf: FakeLeaf) -> None:
 
 def test_an_image_larger_than_the_plan_stops_the_write(leaf: FakeLeaf) -> None:
     leaf.deploy("n1", MAC, "test.img", size=1 << 20)
-    opened: list[str] = []
-    result = run(leaf, open_device=lambda path: opened.append(path) or Disk())
+    device = Disk()
+    result = run(leaf, open_device=lambda _path: device)
     assert not result.success
-    assert "offers" in result.error  # refused from Content-Length, before opening the disk
-    assert opened == []
+    assert "offers" in result.error  # refused from Content-Length, before writing anything
+    assert device.closed and device.kept == b""
     assert not leaf.reports[0].success
 
 

@@ -57,7 +57,7 @@ def start(leaf: FakeLeaf, tmp_path: Path) -> tuple[Loop, NetBoot, VirtualMachine
     """A NetBoot with one machine that has a MAC of its own (the leaf is shared)."""
     index = next(_indices)
     loop = Loop()
-    netboot = NetBoot(leaf.boot_url, DiskStore(tmp_path), loop.post, threads=4)
+    netboot = NetBoot(leaf.boot_url, DiskStore(tmp_path), loop.post, threads=4, writers=2)
     machine = VirtualMachine(name=f"nb-n{index:04d}", index=index)
     netboot.attach(machine, f"02:00:00:00:00:{index:02x}")
     return loop, netboot, machine
