@@ -2,10 +2,12 @@
 
 A parent scheduler asks "how many nodes of class X with traits Y are free, and where?" many
 times a second, so the answer must not walk 40,000 nodes. :class:`CountTable` holds, for one
-cell, a list of counters per (resource class, trait set), updated incrementally as node
-summaries change. Nodes of a rack share a handful of trait sets, so a query with trait filters
-sums a few counter lists; even when every node has its own trait set the walk is over C-level
-set comparisons and stays in the low milliseconds.
+cell, the counters of every (resource class, trait set) group, updated incrementally as node
+summaries change, plus a per-class total and, per trait, the groups that have it. A query
+without traits reads the class totals; one with traits intersects the groups of its required
+traits, removes those of its forbidden ones and sums what is left in one C-level ``sum()``.
+Nodes of a rack share a handful of trait sets, so this is microseconds; even with a different
+trait set on every node it stays in the low milliseconds for 40,000 nodes.
 
 The categories overlap on purpose (an allocated node may also be active); their definitions
 are those of ``CapacityCounts`` in ``capacity_service.proto`` and live in :func:`contribution`.
@@ -42,11 +44,14 @@ __all__ = [
     "cell_summary",
     "contribution",
     "counts_message",
+    "pack",
+    "packed_contribution",
     "parse_query",
+    "unpack",
 ]
 
 FIELDS = ("total", "available", "allocated", "deploying", "active", "failed", "maintenance")
-TOTAL, AVAILABLE = 0, 1
+AVAILABLE = 1
 
 _PS = node_pb2.ProvisionState
 _DEPLOYING = frozenset({_PS.PROVISION_STATE_DEPLOYING, _PS.PROVISION_STATE_WAIT_CALL_BACK})
@@ -73,6 +78,26 @@ def contribution(provision_state: int, maintenance: bool, allocated: bool) -> tu
         int(provision_state in _FAILED),
         int(maintenance),
     )
+
+
+# The counters of a group are packed into one int, _BITS bits per field, so that summing the
+# groups a query matches is one C-level sum() and a group costs one small int of memory. A
+# field never goes negative (every removal undoes an earlier addition), so fields never borrow.
+_BITS = 32
+_MASK = (1 << _BITS) - 1
+
+
+def pack(counts: Sequence[int]) -> int:
+    return sum(value << (i * _BITS) for i, value in enumerate(counts))
+
+
+def unpack(packed: int) -> list[int]:
+    return [(packed >> (i * _BITS)) & _MASK for i in range(len(FIELDS))]
+
+
+@lru_cache(maxsize=256)
+def packed_contribution(provision_state: int, maintenance: bool, allocated: bool) -> int:
+    return pack(contribution(provision_state, maintenance, allocated))
 
 
 @dataclass(frozen=True)
@@ -133,60 +158,95 @@ def parse_query(
     return CapacityQuery(resource_class, frozenset(required), frozenset(forbidden))
 
 
+class _ClassGroups:
+    """The groups of one resource class: trait set → packed counters, the class total, and
+    trait → the trait sets containing it (so a trait filter is a few set operations even when
+    every node has its own trait set)."""
+
+    __slots__ = ("by_trait", "groups", "total")
+
+    def __init__(self) -> None:
+        self.groups: dict[frozenset[str], int] = {}
+        self.by_trait: dict[str, set[frozenset[str]]] = {}
+        self.total = 0
+
+    def matching(self, req: frozenset[str], forb: frozenset[str]) -> int:
+        if not req and not forb:
+            return self.total
+        groups = self.groups
+        if not req:
+            # Everything minus the groups that have a forbidden trait.
+            bad: set[frozenset[str]] = set()
+            for t in forb:
+                bad.update(self.by_trait.get(t, ()))
+            return self.total - sum(map(groups.__getitem__, bad))
+        sets = [self.by_trait.get(t) for t in req]
+        if any(s is None for s in sets):
+            return 0
+        ordered = sorted((s for s in sets if s is not None), key=len)
+        keys = ordered[0].intersection(*ordered[1:])
+        for t in forb:
+            holders = self.by_trait.get(t)
+            if holders:
+                keys -= holders
+        return sum(map(groups.__getitem__, keys))
+
+
 class CountTable:
-    """One cell's counters: resource class → trait set → a list of len(FIELDS) counts."""
+    """One cell's counters by resource class and trait set, maintained node by node."""
 
     __slots__ = ("_by_class",)
 
     def __init__(self) -> None:
-        self._by_class: dict[str, dict[frozenset[str], list[int]]] = {}
+        self._by_class: dict[str, _ClassGroups] = {}
 
-    def add(self, resource_class: str, traits: frozenset[str], delta: Sequence[int]) -> None:
-        groups = self._by_class.get(resource_class)
-        if groups is None:
-            groups = self._by_class[resource_class] = {}
-        counts = groups.get(traits)
-        if counts is None:
-            groups[traits] = list(delta)
+    def add(self, resource_class: str, traits: frozenset[str], delta: int) -> None:
+        c = self._by_class.get(resource_class)
+        if c is None:
+            c = self._by_class[resource_class] = _ClassGroups()
+        old = c.groups.get(traits)
+        if old is None:
+            c.groups[traits] = delta
+            for t in traits:
+                c.by_trait.setdefault(t, set()).add(traits)
+        else:
+            c.groups[traits] = old + delta
+        c.total += delta
+
+    def remove(self, resource_class: str, traits: frozenset[str], delta: int) -> None:
+        c = self._by_class[resource_class]
+        left = c.groups[traits] - delta
+        c.total -= delta
+        if left & _MASK:
+            c.groups[traits] = left
             return
-        for i, d in enumerate(delta):
-            counts[i] += d
-
-    def remove(self, resource_class: str, traits: frozenset[str], delta: Sequence[int]) -> None:
-        groups = self._by_class[resource_class]
-        counts = groups[traits]
-        for i, d in enumerate(delta):
-            counts[i] -= d
-        if counts[TOTAL] == 0:
-            # Drop empty groups so that churning trait sets cannot grow the table.
-            del groups[traits]
-            if not groups:
-                del self._by_class[resource_class]
+        # No node left in the group (the total field is 0): drop it, so that churning trait
+        # sets cannot grow the table.
+        del c.groups[traits]
+        for t in traits:
+            holders = c.by_trait[t]
+            holders.discard(traits)
+            if not holders:
+                del c.by_trait[t]
+        if not c.groups:
+            del self._by_class[resource_class]
 
     def classes(self) -> list[str]:
         return sorted(self._by_class)
 
+    def groups(self) -> int:
+        """How many (class, trait set) groups there are: the cost of a filtered query."""
+        return sum(len(c.groups) for c in self._by_class.values())
+
     def count(self, query: CapacityQuery) -> list[int]:
-        """The sums of the counters of every group the query matches."""
+        """The summed counters of every node the query matches."""
         if query.resource_class:
             one = self._by_class.get(query.resource_class)
-            tables: Iterable[dict[frozenset[str], list[int]]] = () if one is None else (one,)
+            classes: Iterable[_ClassGroups] = () if one is None else (one,)
         else:
-            tables = self._by_class.values()
+            classes = self._by_class.values()
         req, forb = query.required, query.forbidden
-        picked: list[list[int]] = []
-        for groups in tables:
-            if not req and not forb:
-                picked.extend(groups.values())
-            elif not forb:
-                picked.extend([c for t, c in groups.items() if req <= t])
-            else:
-                picked.extend([c for t, c in groups.items() if req <= t and forb.isdisjoint(t)])
-        if not picked:
-            return [0] * len(FIELDS)
-        if len(picked) == 1:
-            return list(picked[0])
-        return [sum(column) for column in zip(*picked, strict=True)]
+        return unpack(sum(c.matching(req, forb) for c in classes))
 
 
 def counts_message(counts: Sequence[int]) -> capacity_service_pb2.CapacityCounts:

@@ -229,7 +229,7 @@ class CellPage:
         self.fresh = list(self.nodes[self.skip :])
 
 
-@dataclass(frozen=True, order=False)
+@dataclass(frozen=True)
 class _Entry:
     key: SortKey
     cell: str

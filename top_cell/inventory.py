@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from rackcells.v1 import inventory_service_pb2, inventory_service_pb2_grpc
-from top_cell.capacity import CapacityQuery, CountTable, contribution
+from top_cell.capacity import CapacityQuery, CountTable, packed_contribution
 from top_cell.cells import CellDirectory, Membership
 from top_cell.inventory_db import InventoryWriter, NodeRow, StoredCell, TopStore, open_store
 
@@ -56,6 +56,7 @@ Loc = tuple[str, str]  # (cell, node_id)
 _MAC = re.compile(r"^[0-9a-f]{2}([:-]?)[0-9a-f]{2}(\1[0-9a-f]{2}){4}$")
 _CISCO_MAC = re.compile(r"^[0-9a-f]{4}\.[0-9a-f]{4}\.[0-9a-f]{4}$")
 _HEX = re.compile(r"[:.-]")
+_CANONICAL_MAC = re.compile(r"^[0-9a-f]{2}(?::[0-9a-f]{2}){5}$")
 
 
 def normalize_mac(text: str) -> str | None:
@@ -93,8 +94,9 @@ class NodeRec:
             self.macs,
         )
 
-    def delta(self) -> tuple[int, ...]:
-        return contribution(self.provision_state, self.maintenance, bool(self.allocation))
+    def delta(self) -> int:
+        """What the node adds to its group's packed counters."""
+        return packed_contribution(self.provision_state, self.maintenance, bool(self.allocation))
 
 
 class _CellNodes:
@@ -199,7 +201,10 @@ class InventoryIndex:
         """A compact record of ``s``: interned strings, a shared trait set, normalised MACs."""
         traits = frozenset(sys.intern(t) for t in s.traits)
         shared = self._traitsets.setdefault(traits, traits)
-        macs = tuple(normalize_mac(m) or m.lower() for m in s.macs)
+        # Leaves send normalised MACs; only the odd one goes through the slow path.
+        macs = tuple(
+            m if _CANONICAL_MAC.match(m) else (normalize_mac(m) or m.lower()) for m in s.macs
+        )
         return NodeRec(
             s.node_id,
             s.uid,

@@ -251,6 +251,10 @@ class NodeRouter(node_service_pb2_grpc.NodeServiceServicer):
     async def ListNodes(
         self, request: node_service_pb2.ListNodesRequest, context: Ctx
     ) -> node_service_pb2.ListNodesResponse:
+        """One cell: forwarded, the leaf's page token untouched. ``cells/-``: merged across
+        cells (:mod:`top_cell.cross_list`), down or slow cells in ``unreachable`` whatever
+        ``return_partial_success`` says; a ``uid = "…"`` or ``mac = "…"`` filter asks only the
+        cell the inventory index names (every cell if the index does not know the value)."""
         cell = parse_cell(request.parent, "parent", allow_all=True)
         if cell != ALL_CELLS:
             return await self._fwd.unary(

@@ -70,7 +70,11 @@ def test_a_server_that_lost_its_data_is_repopulated_and_the_top_resyncs(
 
     # Every session expired with the data: rack-1 re-registers by itself, rack-2 is gone, and
     # the top, whose own session and watched path vanished too, follows.
-    log.wait_for(lambda m: set(m) == {"rack-1"}, 20, "the top to resync to rack-1 alone")
-    assert cells_on_server(private_zk.hosts, "/rackcells/cells") == {"rack-1"}
+    wait_until(
+        lambda: cells_on_server(private_zk.hosts, "/rackcells/cells") == {"rack-1"},
+        20,
+        "rack-1 to re-register",
+    )
+    log.wait_for(lambda m: set(m) == {"rack-1"}, 10, "the top to resync to rack-1 alone")
     registrations(url, "rack-3", "127.0.0.1:7003")
     log.wait_for(lambda m: set(m) == {"rack-1", "rack-3"}, 10, "rack-3 to appear")

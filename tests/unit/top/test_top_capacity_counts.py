@@ -7,7 +7,15 @@ import pytest
 
 from common.errors import InvalidArgument
 from rackcells.v1 import node_pb2
-from top_cell.capacity import FIELDS, CapacityQuery, CountTable, contribution, parse_query
+from top_cell.capacity import (
+    FIELDS,
+    CapacityQuery,
+    CountTable,
+    contribution,
+    pack,
+    parse_query,
+    unpack,
+)
 
 PS = node_pb2.ProvisionState
 
@@ -40,14 +48,39 @@ def test_contribution_follows_the_proto_definitions(
 
 def test_count_table_drops_empty_groups() -> None:
     table = CountTable()
-    one = contribution(PS.PROVISION_STATE_AVAILABLE, False, False)
+    one = pack(contribution(PS.PROVISION_STATE_AVAILABLE, False, False))
     table.add("baremetal", frozenset({"A"}), one)
     table.add("baremetal", frozenset({"A"}), one)
     assert table.count(CapacityQuery(required=frozenset({"A"})))[:2] == [2, 2]
     table.remove("baremetal", frozenset({"A"}), one)
     table.remove("baremetal", frozenset({"A"}), one)
-    assert table.classes() == []
+    assert table.classes() == [] and table.groups() == 0
     assert table.count(CapacityQuery()) == [0] * len(FIELDS)
+
+
+def test_packed_counters_add_and_subtract_field_by_field() -> None:
+    a, b = [3, 0, 7, 1, 0, 2, 9], [1, 0, 2, 1, 0, 2, 4]
+    assert unpack(pack(a) + pack(b)) == [4, 0, 9, 2, 0, 4, 13]
+    assert unpack(pack(a) - pack(b)) == [2, 0, 5, 0, 0, 0, 5]
+    big = [2**31 - 1] * len(FIELDS)
+    assert unpack(pack(big)) == big
+
+
+def test_filters_over_many_trait_sets() -> None:
+    table = CountTable()
+    one = pack(contribution(PS.PROVISION_STATE_AVAILABLE, False, False))
+    sets = [frozenset(f"T{j}" for j in range(8) if i >> j & 1) for i in range(256)]
+    for traits in sets:
+        table.add("baremetal", traits, one)
+    for req, forb in (
+        ({"T0"}, set()),
+        ({"T0", "T3"}, {"T5"}),
+        (set(), {"T1", "T2"}),
+        ({"T9"}, set()),
+    ):
+        expected = sum(1 for t in sets if req <= t and not forb & t)
+        query = CapacityQuery("baremetal", frozenset(req), frozenset(forb))
+        assert table.count(query)[:2] == [expected, expected]
 
 
 def test_parse_query_accepts_a_good_filter() -> None:
