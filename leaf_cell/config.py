@@ -51,8 +51,13 @@ class LeafConfig:
 
     advertise: str = setting(
         "",
-        "gRPC address HOST:PORT the nodes' deploy agents use to reach this leaf "
-        "(default: the listen address with the bound port)",
+        "gRPC address HOST:PORT the top cell and the nodes' deploy agents use to reach this "
+        "leaf (default: the listen address with the bound port)",
+    )
+    registry: str = setting(
+        "",
+        "register this cell in ZooKeeper: zk://HOST:PORT[,HOST:PORT…]/PATH (an ephemeral znode "
+        "PATH/<cell> holding the advertised endpoint); empty: the top lists this cell statically",
     )
     http_listen: str = setting(
         "",
@@ -96,6 +101,8 @@ class LeafConfig:
             raise ConfigError(
                 f"power_sync_policy: {self.power_sync_policy!r} is not accept or enforce"
             )
+        if self.registry and not self.registry.startswith("zk://"):
+            raise ConfigError(f"registry: {self.registry!r} is not a zk://HOST:PORT/PATH URL")
         if self.deploy_concurrency < 1 or self.power_on_rate < 0:
             raise ConfigError("deploy_concurrency must be >= 1 and power_on_rate >= 0")
         if self.bmc_timeout <= 0 or self.power_sync_interval < 0 or self.power_sync_concurrency < 1:

@@ -31,11 +31,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    from leaf_cell.registration import RegistrationError
     from leaf_cell.server import run
 
     try:
         asyncio.run(run(config))
-    except OSError as exc:
+    except (OSError, RegistrationError) as exc:
         print(f"rackcells-leaf: {exc}", file=sys.stderr)
         return 1
     return 0

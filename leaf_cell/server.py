@@ -42,6 +42,7 @@ from leaf_cell.nodes import NodeStore
 from leaf_cell.operations import OperationStore
 from leaf_cell.operations_servicer import OperationsServicer
 from leaf_cell.power_sync import PowerSync
+from leaf_cell.registration import Registration, RegistrationError
 from leaf_cell.secrets import SecretBox, load_or_create_key
 from leaf_cell.servicer import NodeServicer
 from rackcells.v1 import (
@@ -82,8 +83,12 @@ class LeafServer:
     power_sync: PowerSync
     deploys: Deploys | None
     http: BootHttpServer | None
+    registration: Registration | None = None
 
     async def stop(self, grace: float = 5.0) -> None:
+        if self.registration is not None:
+            # Leave the registry first, so the top stops routing here before we go.
+            await asyncio.get_running_loop().run_in_executor(None, self.registration.stop)
         await mark_not_serving(self.health, self.services)
         await self.server.stop(grace)
         if self.http is not None:
@@ -189,6 +194,14 @@ async def start(config: LeafConfig) -> LeafServer:
         await http.start()
     services = tuple(b.full_name for b in bindings)
     await mark_serving(health_servicer, services)
+    registration = None
+    if config.registry:
+        registration = Registration(config.registry, config.cell, endpoint["grpc"], VERSION)
+        try:
+            await loop.run_in_executor(None, registration.start)
+        except RegistrationError:
+            await server.stop(0)
+            raise
     if config.port_file:
         Path(config.port_file).write_text(f"{port}\n")
     log.info(
@@ -209,6 +222,7 @@ async def start(config: LeafConfig) -> LeafServer:
         power_sync,
         deploys,
         http,
+        registration,
     )
 
 

@@ -199,12 +199,12 @@ class InventoryIndex:
 
     def record(self, s: inventory_service_pb2.NodeSummary) -> NodeRec:
         """A compact record of ``s``: interned strings, a shared trait set, normalised MACs."""
-        traits = frozenset(sys.intern(t) for t in s.traits)
+        traits = frozenset(map(sys.intern, s.traits))
         shared = self._traitsets.setdefault(traits, traits)
-        # Leaves send normalised MACs; only the odd one goes through the slow path.
-        macs = tuple(
-            m if _CANONICAL_MAC.match(m) else (normalize_mac(m) or m.lower()) for m in s.macs
-        )
+        macs = tuple(s.macs)
+        if not all(map(_CANONICAL_MAC.match, macs)):
+            # Leaves send normalised MACs; only an odd one goes through the slow path.
+            macs = tuple(normalize_mac(m) or m.lower() for m in macs)
         return NodeRec(
             s.node_id,
             s.uid,

@@ -3,9 +3,14 @@ its lock and the cell's operations are exactly as they were."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import grpc
 from deploykit import expect_error, node_name, violation_fields
 from google.protobuf import field_mask_pb2
+from sqlalchemy import create_engine, update
+
+from leaf_cell.db.models import NodeRow
 
 from rackcells.v1 import node_pb2, node_service_pb2
 
@@ -110,3 +115,42 @@ def test_deploy_at_a_leaf_without_boot_http_server_is_failed_precondition(start_
         cell, grpc.StatusCode.FAILED_PRECONDITION, _deploy_request("d0", GOOD_URL, GOOD_SUM)
     )
     assert "--http-listen" in err.details()
+
+
+def test_deploy_with_a_stale_etag_is_refused(cell, rack) -> None:  # type: ignore[no-untyped-def]
+    rack(cell, 1, boot=False)
+    request = _deploy_request("d0", GOOD_URL, GOOD_SUM)
+    request.etag = "not-the-etag"
+    err = _refused(cell, grpc.StatusCode.ABORTED, request)
+    assert "etag" in err.details().lower()
+
+
+def test_deploy_of_a_node_locked_by_another_conductor_is_refused_naming_the_holder(
+    cell, rack, db_url
+) -> None:  # type: ignore[no-untyped-def]
+    rack(cell, 1, boot=False)
+    now = datetime.now(UTC)
+    engine = create_engine(db_url)
+    nodes = NodeRow.__table__
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                update(nodes)
+                .where(nodes.c.node_id == "d0")
+                .values(
+                    lock_holder="conductor/elsewhere",
+                    lock_purpose="power",
+                    lock_since=now,
+                    lock_expires=now + timedelta(minutes=5),
+                )
+            )
+    finally:
+        engine.dispose()
+    before, ops_before = cell.get("d0"), cell.operations()
+    err = expect_error(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        cell.nodes.ChangeProvisionState,
+        _deploy_request("d0", GOOD_URL, GOOD_SUM),
+    )
+    assert "conductor/elsewhere" in err.details()
+    assert cell.get("d0") == before and len(cell.operations()) == len(ops_before)

@@ -7,11 +7,11 @@ from __future__ import annotations
 import hashlib
 
 import grpc
-from deploykit import bmc_address, expect_error, node_mac, wait_until
+from deploykit import bmc_address, expect_error, http_get, node_mac, wait_until
 from google.rpc import code_pb2
 
 from leaf_cell.drivers.base import PowerState
-from rackcells.v1 import agent_service_pb2, node_pb2
+from rackcells.v1 import agent_service_pb2, node_pb2, node_service_pb2
 
 
 def _powered_on(fake, address: str) -> bool:  # type: ignore[no-untyped-def]
@@ -155,3 +155,60 @@ def test_lookup_of_a_node_that_is_not_deploying_is_failed_precondition(cell, rac
     )
     assert "cells/rack-1/nodes/d0" in err.details()
     assert cell.get("d0").provision_state == node_pb2.PROVISION_STATE_AVAILABLE
+
+
+def test_agent_reporting_a_different_checksum_fails_in_image_write_as_data_loss(
+    cell, rack, image, fake
+) -> None:  # type: ignore[no-untyped-def]
+    rack(cell, 1, boot=False)
+    op = cell.deploy("d0", image.url, image.checksum)
+    cell.wait_state("d0", node_pb2.PROVISION_STATE_WAIT_CALL_BACK)
+    wait_until(lambda: _powered_on(fake, bmc_address(0)), "power on")
+    found = cell.lookup(node_mac(0))
+    written = "sha256:" + "7" * 64
+    cell.agent.ReportDeploy(
+        agent_service_pb2.ReportDeployRequest(
+            node=found.node,
+            deploy_id=found.plan.deploy_id,
+            token=found.plan.token,
+            success=True,
+            bytes_written=found.plan.image_size,
+            written_checksum=written,
+        )
+    )
+    op = cell.wait(op)
+    assert op.error.code == code_pb2.DATA_LOSS
+    node = cell.assert_failed_cleanly("d0", op, "image_write")
+    assert written in node.last_error
+
+
+def test_plan_carries_the_root_device_and_an_image_url_on_the_leaf(cell, rack, image, fake) -> None:  # type: ignore[no-untyped-def]
+    rack(cell, 1, boot=False)
+    info = node_pb2.InstanceInfo(
+        image_url=image.url, image_checksum=image.checksum, root_device="/dev/nvme0n1"
+    )
+    cell.change("d0", node_service_pb2.PROVISION_ACTION_DEPLOY, info)
+    cell.wait_state("d0", node_pb2.PROVISION_STATE_WAIT_CALL_BACK)
+    # MACs are matched whatever their spelling.
+    found = cell.lookup(node_mac(0).upper().replace(":", "-"))
+    assert found.plan.target_device == "/dev/nvme0n1"
+    digest = image.checksum.removeprefix("sha256:")
+    assert found.plan.image_url == f"{cell.http}/images/{digest}"
+    status, _ = http_get(found.plan.image_url)
+    assert status == 200
+    assert cell.get("d0").instance_info.root_device == "/dev/nvme0n1"
+
+
+def test_boot_script_is_deploy_only_while_the_node_waits_for_its_agent(
+    cell, rack, image, fake
+) -> None:  # type: ignore[no-untyped-def]
+    rack(cell, 1, boot=False)
+    status, script = cell.boot_script(node_mac(0))
+    assert status == 200 and "boot-from-disk cells/rack-1/nodes/d0" in script
+    status, _ = cell.boot_script("02:00:00:00:00:42")
+    assert status == 404
+    cell.deploy("d0", image.url, image.checksum)
+    cell.wait_state("d0", node_pb2.PROVISION_STATE_WAIT_CALL_BACK)
+    status, script = cell.boot_script(node_mac(0))
+    assert status == 200 and "rackcells deploy cells/rack-1/nodes/d0" in script
+    assert f"rackcells.agent_endpoint={cell.endpoint}" in script
