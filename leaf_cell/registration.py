@@ -141,6 +141,8 @@ class Registration:
         try:
             self._publish()
         except Exception:
+            if self._stopped:  # stop() closed the client under us: nothing to re-register
+                return
             # The next reconnection tries again; until then the top does not route here.
             log.exception("could not re-register cell %s in ZooKeeper", self.cell)
 

@@ -313,6 +313,12 @@ def _write_image(
         error = str(err)
     except AgentError as err:
         error = str(err)
+    except Cancelled:
+        raise
+    except Exception as err:
+        # A bug here must still reach the leaf as a failed deploy, not leave it waiting.
+        LOG.exception("unexpected error")
+        error = f"agent error: {type(err).__name__}: {err}"
     return _Written(written, "sha256:" + digest.hexdigest(), time.monotonic() - started, error)
 
 
@@ -463,6 +469,8 @@ def _loggable_url(url: str) -> str:
     """The URL without credentials or query string, which may carry signatures."""
     parts = urlsplit(url)
     host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
     if parts.port is not None:
         host = f"{host}:{parts.port}"
     return f"{parts.scheme}://{host}{parts.path}"

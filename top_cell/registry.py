@@ -342,7 +342,8 @@ class ZkRegistry:
         try:
             self._watch_children()
         except Exception:
-            log.exception("registry: could not watch %s again", self._target.path)
+            if not self._stopped:  # else stop() closed the client under us
+                log.exception("registry: could not watch %s again", self._target.path)
 
     def _watch_children(self) -> None:
         """(Re)installs the ChildrenWatch; a newer generation silences the older watch, which

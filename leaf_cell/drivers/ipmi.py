@@ -171,6 +171,7 @@ class IpmiDriver:
             raise ValueError("keepalive_interval must be positive (or None)")
         self.power: PowerInterface = self
         self.boot: BootInterface = self
+        compat.merge_session_locks()
         compat.install_wait_bound()
         self._keepalive_interval = keepalive_interval
         self._idle_logout = idle_logout

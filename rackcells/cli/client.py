@@ -1,7 +1,8 @@
 """The connection to one rackcells endpoint and the settings every command shares.
 
 A leaf cell and the top cell serve the same API, so the CLI only ever needs one endpoint; the
-cell is part of each resource name, not of the connection. The channel is opened lazily so
+cell is part of each resource name, not of the connection. (``CellService`` is the one
+exception: only the top cell knows the other cells.) The channel is opened lazily so
 that usage errors (a bare node id without a cell, a malformed import file) are reported
 without touching the network.
 """
@@ -17,7 +18,12 @@ from google.longrunning import operations_pb2_grpc
 
 from rackcells.cli.names import NodeRef, cell_parent, node_ref
 from rackcells.cli.output import OutputFormat
-from rackcells.v1 import node_service_pb2_grpc
+from rackcells.v1 import (
+    allocation_service_pb2_grpc,
+    capacity_service_pb2_grpc,
+    cell_service_pb2_grpc,
+    node_service_pb2_grpc,
+)
 
 __all__ = [
     "DEFAULT_ENDPOINT",
@@ -41,8 +47,9 @@ _MAX_MESSAGE = 64 * 1024 * 1024
 class Session:
     """What a command needs: where to connect, the default cell, deadline and output format.
 
-    ``nodes`` and ``operations`` may be replaced by test doubles; otherwise they are created on
-    first use over one shared channel.
+    The service stubs (``nodes``, ``operations``, ``cells``, ``capacity``, ``allocations``) may
+    be replaced by test doubles; otherwise they are created on first use over one shared
+    channel.
     """
 
     endpoint: str = DEFAULT_ENDPOINT
@@ -57,6 +64,13 @@ class Session:
     _channel: grpc.Channel | None = field(default=None, repr=False)
     _nodes: node_service_pb2_grpc.NodeServiceStub | None = field(default=None, repr=False)
     _operations: operations_pb2_grpc.OperationsStub | None = field(default=None, repr=False)
+    _cells: cell_service_pb2_grpc.CellServiceStub | None = field(default=None, repr=False)
+    _capacity: capacity_service_pb2_grpc.CapacityServiceStub | None = field(
+        default=None, repr=False
+    )
+    _allocations: allocation_service_pb2_grpc.AllocationServiceStub | None = field(
+        default=None, repr=False
+    )
 
     @classmethod
     def from_settings(
@@ -110,6 +124,27 @@ class Session:
         if self._operations is None:
             self._operations = operations_pb2_grpc.OperationsStub(self.channel())
         return self._operations
+
+    @property
+    def cells(self) -> cell_service_pb2_grpc.CellServiceStub:
+        """The CellService of the endpoint; only a top cell serves it."""
+        if self._cells is None:
+            self._cells = cell_service_pb2_grpc.CellServiceStub(self.channel())
+        return self._cells
+
+    @property
+    def capacity(self) -> capacity_service_pb2_grpc.CapacityServiceStub:
+        """The CapacityService: every cell through the top, its own cell at a leaf."""
+        if self._capacity is None:
+            self._capacity = capacity_service_pb2_grpc.CapacityServiceStub(self.channel())
+        return self._capacity
+
+    @property
+    def allocations(self) -> allocation_service_pb2_grpc.AllocationServiceStub:
+        """The AllocationService: claims through the top (any cell) or at a leaf (its own)."""
+        if self._allocations is None:
+            self._allocations = allocation_service_pb2_grpc.AllocationServiceStub(self.channel())
+        return self._allocations
 
     def node(self, text: str) -> NodeRef:
         """Resolves a node argument against ``--cell``."""

@@ -17,7 +17,15 @@ from collections.abc import Sequence
 
 import grpc
 
-from rackcells.cli import node_actions, node_import, node_watch, nodes
+from rackcells.cli import (
+    allocations,
+    capacity,
+    cells,
+    node_actions,
+    node_import,
+    node_watch,
+    nodes,
+)
 from rackcells.cli.client import DEFAULT_ENDPOINT, DEFAULT_TIMEOUT, ENV_CELL, ENV_ENDPOINT, Session
 from rackcells.cli.errors import EXIT_FAILURE, EXIT_INTERRUPTED, CliError, describe_rpc_error
 from rackcells.cli.output import FORMATS
@@ -63,7 +71,8 @@ def _global_options() -> argparse.ArgumentParser:
         "--cell",
         metavar="CELL",
         default=argparse.SUPPRESS,
-        help=f"cell of bare node ids and of lists (${ENV_CELL}); lists span every cell without",
+        help=f"cell of bare node and allocation ids, of lists, capacity and allocate "
+        f"(${ENV_CELL}); every cell without",
     )
     group.add_argument(
         "-o",
@@ -89,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="rackcells",
         parents=[common],
         description="Operate rackcells: enrol, inspect, power and provision bare-metal nodes "
-        "through a leaf cell or the top cell.",
+        "through a leaf cell or the top cell; see the cells, their capacity, and claim nodes.",
         epilog=f"Environment: {ENV_ENDPOINT}, {ENV_CELL}, RACKCELLS_BMC_PASSWORD.",
     )
     groups = parser.add_subparsers(dest="group", metavar="COMMAND", required=True)
@@ -99,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     node_import.register(commands, [common])
     node_actions.register(commands, [common])
     node_watch.register(commands, [common])
+    cells.register(groups, [common])
+    capacity.register(groups, [common])
+    allocations.register(groups, [common])
     _no_abbreviations(parser)
     return parser
 

@@ -15,6 +15,8 @@ from rackcells.cli.errors import UsageError
 __all__ = [
     "ALL_CELLS_PARENT",
     "NodeRef",
+    "allocation_name",
+    "cell_name",
     "cell_parent",
     "check_cell",
     "is_label",
@@ -89,6 +91,39 @@ def check_cell(cell: str) -> str:
 def cell_parent(cell: str | None) -> str:
     """The parent for a list: one cell, or every cell the endpoint serves."""
     return f"cells/{check_cell(cell)}" if cell else ALL_CELLS_PARENT
+
+
+def cell_name(text: str) -> str:
+    """``rack-1`` or ``cells/rack-1`` → ``cells/rack-1``; anything else is a usage error."""
+    cell = text.removeprefix("cells/")
+    if "/" in cell:
+        raise UsageError(f"{text!r} is not a cell: give rack-1 or cells/rack-1")
+    return f"cells/{check_cell(cell)}"
+
+
+def allocation_name(text: str, cell: str | None) -> str:
+    """Resolves ``cells/{cell}/allocations/{id}`` or a bare allocation id combined with ``cell``.
+
+    As for nodes, a full name wins over ``--cell``; the id itself is the server's to judge
+    (it is whatever CreateAllocation returned), so only its shape is checked here.
+    """
+    if text.startswith("cells/"):
+        parts = text.split("/")
+        if len(parts) != 4 or parts[2] != "allocations" or not is_label(parts[1]) or not parts[3]:
+            raise UsageError(
+                f"{text!r} is not an allocation name of the form cells/CELL/allocations/ID"
+            )
+        return text
+    if not text or "/" in text:
+        raise UsageError(
+            f"{text!r} is neither an allocation id nor a name of the form cells/CELL/allocations/ID"
+        )
+    if not cell:
+        raise UsageError(
+            f"allocation {text!r} needs a cell: give cells/CELL/allocations/{text}, "
+            "or --cell CELL, or set RACKCELLS_CELL"
+        )
+    return f"cells/{check_cell(cell)}/allocations/{text}"
 
 
 def short_node_name(name: str, *, with_cell: bool) -> str:

@@ -23,7 +23,9 @@ __all__ = [
     "OutputFormat",
     "StatusLine",
     "enum_label",
+    "format_age",
     "format_duration",
+    "format_span",
     "format_time",
     "message_to_dict",
     "print_json",
@@ -39,13 +41,19 @@ FORMATS: tuple[OutputFormat, ...] = ("table", "json")
 NONE = "-"
 
 
-def message_to_dict(message: Message) -> dict[str, Any]:
+def message_to_dict(message: Message, *, zeros: bool = False) -> dict[str, Any]:
     """The protobuf JSON form with the field names of the .proto file (``memory_mb``).
 
     Snake case is what ``node import`` documents and what the table headers echo, so the
-    JSON an operator saves from ``node show`` can be edited and imported again.
+    JSON an operator saves from ``node show`` can be edited and imported again. ``zeros``
+    keeps fields at their default value: for counts, ``"available": 0`` is the answer a
+    script asks for, and a missing key would read as "not reported".
     """
-    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+    return json_format.MessageToDict(
+        message,
+        preserving_proto_field_name=True,
+        always_print_fields_with_no_presence=zeros,
+    )
 
 
 def print_json(value: object, stream: TextIO | None = None) -> None:
@@ -100,13 +108,22 @@ def enum_label(name: str, prefix: str) -> str:
     return short.lower().replace("_", "-")
 
 
+# Clocks of two hosts disagree a little; a timestamp this far ahead still reads as "now".
+_SKEW = 5.0
+
+
+def format_span(seconds: float) -> str:
+    """A length of time in its largest whole unit: ``42s``, ``3m``, ``5h``, ``2d``."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(max(seconds, 0))}s"
+
+
 def _ago(seconds: float) -> str:
     if seconds < 0:
         return "in the future"
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{int(seconds // size)}{unit} ago"
-    return f"{int(seconds)}s ago"
+    return f"{format_span(seconds)} ago"
 
 
 def format_time(ts: timestamp_pb2.Timestamp, now: datetime | None = None) -> str:
@@ -117,6 +134,17 @@ def format_time(ts: timestamp_pb2.Timestamp, now: datetime | None = None) -> str
     reference = now or datetime.now(UTC)
     age = (reference - when).total_seconds()
     return f"{when:%Y-%m-%d %H:%M:%S}Z ({_ago(age)})"
+
+
+def format_age(ts: timestamp_pb2.Timestamp, now: datetime | None = None) -> str:
+    """Only the age of a time, ``2s ago``, for table columns; unset → ``-``."""
+    if not ts.seconds and not ts.nanos:
+        return NONE
+    reference = now or datetime.now(UTC)
+    age = (reference - ts.ToDatetime(tzinfo=UTC)).total_seconds()
+    if -_SKEW < age < 0:
+        age = 0.0
+    return _ago(age)
 
 
 def format_duration(duration: duration_pb2.Duration) -> str:

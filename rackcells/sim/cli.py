@@ -41,6 +41,9 @@ network boot (--boot-url, standing in for the boot server DHCP would announce):
   with --disk-sink hash (the default) a sink that only counts and hashes the bytes.  A
   boot-from-disk script, or boot device disk, boots the installed image.  Phases: pxe,
   pxe_failed (404 or no server; retried on the next power-on), agent, agent_done, booted.
+  --disk-writers bounds the agents of one worker that write at once (the rest queue).
+  Machine fields: last_boot_script (deploy, disk, unknown, error), agent_runs, deploys,
+  deploy_error, disk_bytes, disk_sha256, booted_image, pxe_failures.
 
 control API (HTTP/JSON on 127.0.0.1, --control-port, 0 picks a free port):
   GET /, GET /machines, GET /machines/NAME,

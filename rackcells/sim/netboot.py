@@ -124,7 +124,12 @@ class NetBoot:
         except Exception as err:
             LOG.exception("%s: network boot failed", name)
             message = f"simulator error: {err}"
-            self._post(lambda now: job.machine.agent_finished(job.epoch, message, now))
+
+            def fail(now: float) -> None:  # whichever phase the machine is stuck in
+                job.machine.pxe_loaded(job.epoch, BootScript.ERROR, now, message)
+                job.machine.agent_finished(job.epoch, message, now)
+
+            self._post(fail)
         finally:
             job.finished.set()
 

@@ -87,9 +87,9 @@ def http_get(url: str, timeout: float = 10.0) -> tuple[int, str]:
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
         with opener.open(url, timeout=timeout) as response:
-            return response.status, response.read().decode()
+            return response.status, response.read().decode(errors="replace")
     except urllib.error.HTTPError as err:
-        body = err.read().decode()
+        body = err.read().decode(errors="replace")
         err.close()
         return err.code, body
 

@@ -11,7 +11,6 @@ from google.protobuf import field_mask_pb2
 from sqlalchemy import create_engine, update
 
 from leaf_cell.db.models import NodeRow
-
 from rackcells.v1 import node_pb2, node_service_pb2
 
 GOOD_URL = "http://127.0.0.1:9/os.img"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -43,14 +42,9 @@ def test_a_hundred_machines_deploy_at_once(
     for i, node in enumerate(sim.inventory, start=1):
         leaf.deploy(sim.name(i), node["ports"][0]["mac"], "storm.img")
     clients: list[command.Command] = []
-    slowest_list = 0.0
 
     def all_done() -> bool:
-        nonlocal slowest_list
-        started = time.monotonic()
-        machines = sim.control.machines()
-        slowest_list = max(slowest_list, time.monotonic() - started)
-        return all(m["phase"] == "agent_done" for m in machines)
+        return all(m["phase"] == "agent_done" for m in sim.control.machines())
 
     try:
         for i in range(1, NODES + 1):
@@ -68,5 +62,4 @@ def test_a_hundred_machines_deploy_at_once(
     machines = sim.control.machines()
     assert all((m["deploys"], m["disk_sha256"]) == (1, image_sha) for m in machines)
     assert sum(r.success for r in leaf.reports) == NODES
-    assert slowest_list < 2.0
     assert sim.control.summary()["workers"][0]["netboot_jobs"] == 0
