@@ -36,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         asyncio.run(run(config))
-    except (OSError, RegistrationError) as exc:
+    except (OSError, ValueError, RegistrationError) as exc:
         print(f"rackcells-leaf: {exc}", file=sys.stderr)
         return 1
     return 0

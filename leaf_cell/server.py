@@ -196,10 +196,10 @@ async def start(config: LeafConfig) -> LeafServer:
     await mark_serving(health_servicer, services)
     registration = None
     if config.registry:
-        registration = Registration(config.registry, config.cell, endpoint["grpc"], VERSION)
         try:
+            registration = Registration(config.registry, config.cell, endpoint["grpc"], VERSION)
             await loop.run_in_executor(None, registration.start)
-        except RegistrationError:
+        except (RegistrationError, ValueError):
             await server.stop(0)
             raise
     if config.port_file:

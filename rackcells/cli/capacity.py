@@ -50,7 +50,8 @@ def short_cell(name: str) -> str:
 def counts_line(counts: capacity_service_pb2.CapacityCounts) -> str:
     """``10 nodes: 6 available, 2 allocated, …`` for totals and ``cell show``."""
     return (
-        f"{counts.total} nodes: {counts.available} available, {counts.allocated} allocated, "
+        f"{counts.total} node{'' if counts.total == 1 else 's'}: "
+        f"{counts.available} available, {counts.allocated} allocated, "
         f"{counts.deploying} deploying, {counts.active} active, {counts.failed} failed, "
         f"{counts.maintenance} in maintenance"
     )
@@ -113,7 +114,13 @@ def cmd_capacity(session: Session, args: argparse.Namespace) -> int:
             + ", ".join(response.unreachable)
         )
     if session.json:
-        print_json(message_to_dict(response, zeros=True))
+        # Every count spelled out, even where the server left a whole message empty.
+        shown = capacity_service_pb2.GetCapacityResponse()
+        shown.CopyFrom(response)
+        shown.totals.SetInParent()
+        for cell in shown.cells:
+            cell.counts.SetInParent()
+        print_json(message_to_dict(shown, zeros=True))
         return 0
     scope = "all cells" if parent.endswith("/-") else parent
     selection = describe_match(args.resource_class or "", args.trait, args.forbid_trait)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import field_mask_pb2
@@ -134,9 +134,17 @@ def _call(session: Session, method: Callable[..., _Response], request: object) -
         raise
 
 
+def _cell_dict(cell: cell_service_pb2.Cell) -> dict[str, Any]:
+    # Every count spelled out, even where the server left the capacity empty.
+    shown = cell_service_pb2.Cell()
+    shown.CopyFrom(cell)
+    shown.capacity.SetInParent()
+    return message_to_dict(shown, zeros=True)
+
+
 def _print_cell(session: Session, cell: cell_service_pb2.Cell, text: str) -> None:
     if session.json:
-        print_json(message_to_dict(cell, zeros=True))
+        print_json(_cell_dict(cell))
     else:
         print(text)
 
@@ -147,7 +155,7 @@ def cmd_list(session: Session, args: argparse.Namespace) -> int:
         session, session.cells.ListCells, cell_service_pb2.ListCellsRequest()
     )
     if session.json:
-        print_json({"cells": [message_to_dict(c, zeros=True) for c in response.cells]})
+        print_json({"cells": [_cell_dict(c) for c in response.cells]})
     else:
         print(render_cell_list(response.cells))
     return 0

@@ -285,7 +285,9 @@ def test_capacity_counts(fed: Fed) -> None:
     assert all(c["schedulable"] for c in data["cells"])
 
     gpu = _capacity(fed, "--trait", "CUSTOM_GPU")
-    assert gpu["totals"]["available"] == 1 and gpu["by_cell"]["cells/rack-2"]["counts"]["total"] == 0
+    assert (
+        gpu["totals"]["available"] == 1 and gpu["by_cell"]["cells/rack-2"]["counts"]["total"] == 0
+    )
     assert _capacity(fed, "--forbid-trait", "CUSTOM_GPU")["totals"]["total"] == 4
     assert _capacity(fed, "--resource-class", "gpu")["totals"]["total"] == 0
 
@@ -343,7 +345,9 @@ def test_disable_cell_and_allocate_elsewhere(fed: Fed) -> None:
         cell = _cells(fed)["cells/rack-1"]
         assert cell["state"] == "CELL_STATE_DISABLED" and cell["disabled_reason"] == "fan swap"
         row = next(
-            line for line in ok(fed.top.endpoint, "cell", "list").out.split("\n") if "rack-1" in line
+            line
+            for line in ok(fed.top.endpoint, "cell", "list").out.split("\n")
+            if "rack-1" in line
         )
         assert row.split()[1] == "disabled"
         schedulable = {n: c["schedulable"] for n, c in _capacity(fed)["by_cell"].items()}
@@ -373,7 +377,14 @@ def test_disable_cell_and_allocate_elsewhere(fed: Fed) -> None:
     assert enabled["state"] == "CELL_STATE_UP"
     _available(fed, {"rack-1": 3, "rack-2": 2})
     alloc = ok(
-        fed.top.endpoint, "allocate", "--resource-class", "baremetal", "--cell", "rack-1", "-o", "json"
+        fed.top.endpoint,
+        "allocate",
+        "--resource-class",
+        "baremetal",
+        "--cell",
+        "rack-1",
+        "-o",
+        "json",
     ).json()
     assert alloc["node"].startswith("cells/rack-1/nodes/")
     ok(fed.top.endpoint, "allocation", "delete", alloc["name"])

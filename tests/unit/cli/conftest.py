@@ -1,4 +1,4 @@
-"""Test doubles for the CLI: a NodeService stub that records calls and RpcErrors with details.
+"""Test doubles for the CLI: service stubs that record calls, and RpcErrors with details.
 
 The fake errors carry a real ``grpc-status-details-bin`` trailer, so the CLI's error path runs
 the same ``grpc_status`` decoding it runs against a server.
@@ -17,7 +17,13 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 from rackcells.cli.client import Session
-from rackcells.v1 import node_pb2, node_service_pb2
+from rackcells.v1 import (
+    allocation_service_pb2,
+    capacity_service_pb2,
+    cell_service_pb2,
+    node_pb2,
+    node_service_pb2,
+)
 
 WatchItem = node_service_pb2.NodeEvent | BaseException | None
 
@@ -228,15 +234,170 @@ class FakeStream:
         return True
 
 
+class Recorder:
+    """The call log and scripted errors the federation stub doubles share."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+        self.errors: dict[str, Callable[[Any], BaseException | None]] = {}
+
+    def _log(self, method: str, request: Any) -> None:
+        self.calls.append((method, request))
+        check = self.errors.get(method)
+        if check is not None:
+            err = check(request)
+            if err is not None:
+                raise err
+
+    def requests(self, method: str) -> list[Any]:
+        return [request for name, request in self.calls if name == method]
+
+
+class FakeCells(Recorder):
+    """A CellService stub double over a dict of cells; UpdateCell applies the mask."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cells: dict[str, cell_service_pb2.Cell] = {}
+
+    def add(self, cell_id: str, **fields: Any) -> cell_service_pb2.Cell:
+        cell = cell_service_pb2.Cell(name=f"cells/{cell_id}", **fields)
+        self.cells[cell.name] = cell
+        return cell
+
+    def ListCells(
+        self, request: cell_service_pb2.ListCellsRequest, timeout: float | None = None
+    ) -> cell_service_pb2.ListCellsResponse:
+        self._log("ListCells", request)
+        return cell_service_pb2.ListCellsResponse(cells=[self.cells[n] for n in sorted(self.cells)])
+
+    def GetCell(
+        self, request: cell_service_pb2.GetCellRequest, timeout: float | None = None
+    ) -> cell_service_pb2.Cell:
+        self._log("GetCell", request)
+        if request.name not in self.cells:
+            raise rpc_error(grpc.StatusCode.NOT_FOUND, f"cell {request.name} is not known")
+        return self.cells[request.name]
+
+    def UpdateCell(
+        self, request: cell_service_pb2.UpdateCellRequest, timeout: float | None = None
+    ) -> cell_service_pb2.Cell:
+        self._log("UpdateCell", request)
+        cell = self.cells[request.cell.name]
+        paths = set(request.update_mask.paths)
+        if "scheduling_disabled" in paths:
+            cell.scheduling_disabled = request.cell.scheduling_disabled
+            if not cell.scheduling_disabled:
+                cell.disabled_reason = ""
+        if "disabled_reason" in paths:
+            cell.disabled_reason = request.cell.disabled_reason
+        if cell.state in (cell_service_pb2.CELL_STATE_UP, cell_service_pb2.CELL_STATE_DISABLED):
+            cell.state = (
+                cell_service_pb2.CELL_STATE_DISABLED
+                if cell.scheduling_disabled
+                else cell_service_pb2.CELL_STATE_UP
+            )
+        return cell
+
+
+class FakeCapacity(Recorder):
+    """A CapacityService stub double that answers with ``response`` whatever is asked."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.response = capacity_service_pb2.GetCapacityResponse()
+
+    def GetCapacity(
+        self, request: capacity_service_pb2.GetCapacityRequest, timeout: float | None = None
+    ) -> capacity_service_pb2.GetCapacityResponse:
+        self._log("GetCapacity", request)
+        return self.response
+
+
+class FakeAllocations(Recorder):
+    """An AllocationService stub double: claims the next of ``free`` nodes of the parent."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.free: list[str] = []
+        self.allocations: dict[str, allocation_service_pb2.Allocation] = {}
+        self._ids = 0
+
+    def CreateAllocation(
+        self, request: allocation_service_pb2.CreateAllocationRequest, timeout: float | None = None
+    ) -> allocation_service_pb2.Allocation:
+        self._log("CreateAllocation", request)
+        cell = request.parent.removeprefix("cells/")
+        for node in self.free:
+            if cell in ("-", node.split("/")[1]):
+                self.free.remove(node)
+                break
+        else:
+            raise rpc_error(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"no cell has an available node of class {request.allocation.resource_class}",
+            )
+        self._ids += 1
+        alloc = allocation_service_pb2.Allocation()
+        alloc.CopyFrom(request.allocation)
+        alloc.name = f"cells/{node.split('/')[1]}/allocations/a{self._ids}"
+        alloc.node = node
+        self.allocations[alloc.name] = alloc
+        return alloc
+
+    def GetAllocation(
+        self, request: allocation_service_pb2.GetAllocationRequest, timeout: float | None = None
+    ) -> allocation_service_pb2.Allocation:
+        self._log("GetAllocation", request)
+        if request.name not in self.allocations:
+            raise rpc_error(grpc.StatusCode.NOT_FOUND, f"allocation {request.name} not found")
+        return self.allocations[request.name]
+
+    def DeleteAllocation(
+        self, request: allocation_service_pb2.DeleteAllocationRequest, timeout: float | None = None
+    ) -> Any:
+        self._log("DeleteAllocation", request)
+        if request.name not in self.allocations:
+            raise rpc_error(grpc.StatusCode.NOT_FOUND, f"allocation {request.name} not found")
+        self.free.append(self.allocations.pop(request.name).node)
+
+
 @pytest.fixture
 def fake_nodes() -> FakeNodes:
     return FakeNodes()
 
 
 @pytest.fixture
-def session(fake_nodes: FakeNodes) -> Session:
-    """A Session whose NodeService is the fake; no channel is ever opened."""
-    return Session(endpoint="127.0.0.1:7001", cell="rack-1", _nodes=fake_nodes)  # type: ignore[arg-type]
+def fake_cells() -> FakeCells:
+    return FakeCells()
+
+
+@pytest.fixture
+def fake_capacity() -> FakeCapacity:
+    return FakeCapacity()
+
+
+@pytest.fixture
+def fake_allocations() -> FakeAllocations:
+    return FakeAllocations()
+
+
+@pytest.fixture
+def session(
+    fake_nodes: FakeNodes,
+    fake_cells: FakeCells,
+    fake_capacity: FakeCapacity,
+    fake_allocations: FakeAllocations,
+) -> Session:
+    """A Session whose services are the fakes; no channel is ever opened."""
+    return Session(
+        endpoint="127.0.0.1:7001",
+        cell="rack-1",
+        _nodes=fake_nodes,  # type: ignore[arg-type]
+        _cells=fake_cells,  # type: ignore[arg-type]
+        _capacity=fake_capacity,  # type: ignore[arg-type]
+        _allocations=fake_allocations,  # type: ignore[arg-type]
+    )
 
 
 @pytest.fixture
