@@ -47,39 +47,84 @@ def _wait_all(ops: operations_pb2_grpc.OperationsStub, names: list[str], timeout
         time.sleep(0.2)
 
 
-def run_level(workdir: Path, nodes: int, concurrency: int, image: tuple[str, str],
-              post: float, port_base: int) -> dict[str, object]:
+def run_level(
+    workdir: Path, nodes: int, concurrency: int, image: tuple[str, str], post: float, port_base: int
+) -> dict[str, object]:
     url, checksum = image
     level_dir = workdir / f"c{concurrency}-{nodes}"
     level_dir.mkdir()
     http_port = _free_port()
     leaf = start_leaf(
-        "rack-1", f"sqlite:///{level_dir / 'leaf.db'}", level_dir,
-        ["--http-listen", f"127.0.0.1:{http_port}", "--deploy-concurrency", str(concurrency),
-         "--power-on-rate", "0", "--power-sync-interval", "0", "--workers", "16"],
+        "rack-1",
+        f"sqlite:///{level_dir / 'leaf.db'}",
+        level_dir,
+        [
+            "--http-listen",
+            f"127.0.0.1:{http_port}",
+            "--deploy-concurrency",
+            str(concurrency),
+            "--power-on-rate",
+            "0",
+            "--power-sync-interval",
+            "0",
+            "--workers",
+            "16",
+        ],
     )
-    rack = start_rack(level_dir, nodes, port_base, prefix="d-n", extra=(
-        "--post-seconds", str(post), "--boot-url", f"http://127.0.0.1:{http_port}",
-        "--disk-sink", "hash"))
+    rack = start_rack(
+        level_dir,
+        nodes,
+        port_base,
+        prefix="d-n",
+        extra=(
+            "--post-seconds",
+            str(post),
+            "--boot-url",
+            f"http://127.0.0.1:{http_port}",
+            "--disk-sink",
+            "hash",
+        ),
+    )
     try:
         channel = grpc.insecure_channel(leaf.endpoint)
         stub = node_service_pb2_grpc.NodeServiceStub(channel)
         ops = operations_pb2_grpc.OperationsStub(channel)
         names = []
         for entry in rack.inventory:
-            node = json_format.ParseDict({k: v for k, v in entry.items() if k != "name"},
-                                         node_pb2.Node())
-            names.append(stub.CreateNode(node_service_pb2.CreateNodeRequest(
-                parent="cells/rack-1", node_id=entry["name"], node=node)).name)
-        for action in (node_service_pb2.PROVISION_ACTION_MANAGE,
-                       node_service_pb2.PROVISION_ACTION_PROVIDE):
-            _wait_all(ops, [stub.ChangeProvisionState(node_service_pb2.ChangeProvisionStateRequest(
-                name=n, action=action)).name for n in names], 300)
+            node = json_format.ParseDict(
+                {k: v for k, v in entry.items() if k != "name"}, node_pb2.Node()
+            )
+            names.append(
+                stub.CreateNode(
+                    node_service_pb2.CreateNodeRequest(
+                        parent="cells/rack-1", node_id=entry["name"], node=node
+                    )
+                ).name
+            )
+        for action in (
+            node_service_pb2.PROVISION_ACTION_MANAGE,
+            node_service_pb2.PROVISION_ACTION_PROVIDE,
+        ):
+            _wait_all(
+                ops,
+                [
+                    stub.ChangeProvisionState(
+                        node_service_pb2.ChangeProvisionStateRequest(name=n, action=action)
+                    ).name
+                    for n in names
+                ],
+                300,
+            )
         info = node_pb2.InstanceInfo(image_url=url, image_checksum=checksum)
         started = time.monotonic()
-        op_names = [stub.ChangeProvisionState(node_service_pb2.ChangeProvisionStateRequest(
-            name=n, action=node_service_pb2.PROVISION_ACTION_DEPLOY, instance_info=info)).name
-            for n in names]
+        op_names = [
+            stub.ChangeProvisionState(
+                node_service_pb2.ChangeProvisionStateRequest(
+                    name=n, action=node_service_pb2.PROVISION_ACTION_DEPLOY, instance_info=info
+                )
+            ).name
+            for n in names
+        ]
         _wait_all(ops, op_names, 3600)
         total = time.monotonic() - started
         per_node: list[float] = []
@@ -91,8 +136,9 @@ def run_level(workdir: Path, nodes: int, concurrency: int, image: tuple[str, str
                 failed += 1
                 continue
             timings = node.last_deploy
-            per_node.append((timings.end_time.ToDatetime() - timings.start_time.ToDatetime())
-                            .total_seconds())
+            per_node.append(
+                (timings.end_time.ToDatetime() - timings.start_time.ToDatetime()).total_seconds()
+            )
             for p in timings.phases:
                 phases.setdefault(p.phase, []).append(p.duration.ToTimedelta().total_seconds())
         channel.close()
@@ -122,8 +168,14 @@ def main() -> None:
             nodes = 1 if level == 0 else args.nodes
             source = ImageSource(workdir / "images")
             print(f"deploying {nodes} node(s) with concurrency {max(level, 1)}...", flush=True)
-            result = run_level(workdir, nodes, max(level, 1), (f"{source.url}/os.img", checksum),
-                               args.post_seconds, args.port_base + i * (args.nodes + 10))
+            result = run_level(
+                workdir,
+                nodes,
+                max(level, 1),
+                (f"{source.url}/os.img", checksum),
+                args.post_seconds,
+                args.port_base + i * (args.nodes + 10),
+            )
             downloads = source.downloads
             source.stop()
             per_node = result["per_node"]
@@ -133,22 +185,34 @@ def main() -> None:
                 label = "floor: 1 node, unloaded"
             else:
                 label = f"{nodes} nodes, concurrency {level}"
-            rows.append((label, f"{result['total']:.1f}", f"{mean(per_node):.2f}",
-                         f"{percentile(per_node, 95):.2f}", downloads, result["failed"]))
+            rows.append(
+                (
+                    label,
+                    f"{result['total']:.1f}",
+                    f"{mean(per_node):.2f}",
+                    f"{percentile(per_node, 95):.2f}",
+                    downloads,
+                    result["failed"],
+                )
+            )
             phases = result["phases"]
             assert isinstance(phases, dict)
             phase_rows.append((label, *(f"{mean(phases.get(p, [])):.2f}" for p in PHASES)))
         print_table(
             f"deploys: {args.image_mib} MiB image, POST {args.post_seconds:.0f} s",
-            ("run", "total s", "mean s/node", "p95 s/node", "source downloads", "failed"), rows)
+            ("run", "total s", "mean s/node", "p95 s/node", "source downloads", "failed"),
+            rows,
+        )
         print_table("mean seconds per phase", ("run", *PHASES), phase_rows)
         serial = float(rows[1][1]) if len(rows) > 1 else float("nan")
         if floor_run and len(rows) > 1:
             print("\nratios:")
             for row in rows[2:]:
-                print(f"  {row[0]}: total {serial / float(row[1]):.1f}x faster than serial "
-                      f"(target >= 10x at 100); mean/floor {float(row[2]) / floor_run:.2f} "
-                      "(target <= 1.5)")
+                print(
+                    f"  {row[0]}: total {serial / float(row[1]):.1f}x faster than serial "
+                    f"(target >= 10x at 100); mean/floor {float(row[2]) / floor_run:.2f} "
+                    "(target <= 1.5)"
+                )
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Leaf", "percentile", "peak_rss_mb", "print_table", "start_leaf"]
+__all__ = ["Leaf", "peak_rss_mb", "percentile", "print_table", "start_leaf"]
 
 ROOT = Path(__file__).resolve().parents[1]
 

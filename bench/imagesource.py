@@ -40,7 +40,7 @@ class ImageSource:
                 super().do_GET()
                 source.downloads += 1
 
-            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: object) -> None:
                 pass
 
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)

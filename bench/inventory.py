@@ -18,7 +18,7 @@ from pathlib import Path
 
 import grpc
 
-from bench.harness import percentile, peak_rss_mb, print_table, start_leaf
+from bench.harness import peak_rss_mb, percentile, print_table, start_leaf
 from rackcells.v1 import node_pb2, node_service_pb2, node_service_pb2_grpc
 
 

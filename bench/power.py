@@ -65,9 +65,23 @@ def part_a(workdir: Path, calls: int, port_base: int) -> list[tuple[object, ...]
         for i in range(calls):
             bmc = bmcs[i % len(bmcs)]
             subprocess.run(
-                ["ipmitool", "-I", "lanplus", "-H", bmc.address, "-p", str(bmc.port),
-                 "-U", bmc.username, "-E", "power", "status"],
-                check=True, capture_output=True, env={"IPMI_PASSWORD": bmc.password},
+                [
+                    "ipmitool",
+                    "-I",
+                    "lanplus",
+                    "-H",
+                    bmc.address,
+                    "-p",
+                    str(bmc.port),
+                    "-U",
+                    bmc.username,
+                    "-E",
+                    "power",
+                    "status",
+                ],
+                check=True,
+                capture_output=True,
+                env={"IPMI_PASSWORD": bmc.password},
             )
         tool_wall = time.perf_counter() - wall0
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -75,12 +89,24 @@ def part_a(workdir: Path, calls: int, port_base: int) -> list[tuple[object, ...]
     finally:
         rack.stop()
     return [
-        ("ipmi driver (pyghmi, in-process)", f"{py_wall:.2f}", f"{py_cpu:.3f}",
-         f"{py_cpu / calls * 1000:.2f}"),
-        ("ipmitool subprocess per call", f"{tool_wall:.2f}", f"{tool_cpu:.3f}",
-         f"{tool_cpu / calls * 1000:.2f}"),
-        ("ratio ipmitool / driver", f"{tool_wall / py_wall:.1f}x", f"{tool_cpu / py_cpu:.1f}x",
-         "target >= 10x CPU"),
+        (
+            "ipmi driver (pyghmi, in-process)",
+            f"{py_wall:.2f}",
+            f"{py_cpu:.3f}",
+            f"{py_cpu / calls * 1000:.2f}",
+        ),
+        (
+            "ipmitool subprocess per call",
+            f"{tool_wall:.2f}",
+            f"{tool_cpu:.3f}",
+            f"{tool_cpu / calls * 1000:.2f}",
+        ),
+        (
+            "ratio ipmitool / driver",
+            f"{tool_wall / py_wall:.1f}x",
+            f"{tool_cpu / py_cpu:.1f}x",
+            "target >= 10x CPU",
+        ),
     ]
 
 
@@ -88,10 +114,14 @@ def _enrol(store: NodeStore, rack: SimRack) -> None:
     from google.protobuf import json_format
 
     for entry in rack.inventory:
-        node = json_format.ParseDict({k: v for k, v in entry.items() if k != "name"},
-                                     node_pb2.Node())
-        store.create(node_service_pb2.CreateNodeRequest(
-            parent="cells/rack-1", node_id=entry["name"], node=node))
+        node = json_format.ParseDict(
+            {k: v for k, v in entry.items() if k != "name"}, node_pb2.Node()
+        )
+        store.create(
+            node_service_pb2.CreateNodeRequest(
+                parent="cells/rack-1", node_id=entry["name"], node=node
+            )
+        )
 
 
 async def _sweeps(config: LeafConfig, rack: SimRack, unreachable: int) -> list[SweepResult]:
@@ -112,7 +142,7 @@ async def _sweeps(config: LeafConfig, rack: SimRack, unreachable: int) -> list[S
     # Bench set-up: mark the rack managed directly (verifying it would log in to every BMC and
     # so spoil the measurement of the first sweep's logins).
     with engine.begin() as conn:
-        conn.execute(update(NodeRow.__table__).values(provision_state="MANAGEABLE"))
+        conn.execute(update(NodeRow).values(provision_state="MANAGEABLE"))
     sync = PowerSync(conductor)
     results = [await sync.sweep(), await sync.sweep()]
     control = SimControl(rack.control_url)
@@ -129,21 +159,31 @@ def part_b(workdir: Path, nodes: int, port_base: int, timeout: float) -> list[tu
     unreachable = max(1, nodes // 20)
     try:
         config = LeafConfig(
-            cell="rack-1", db=f"sqlite:///{workdir / 'power.db'}", bmc_timeout=timeout,
-            bmc_workers=64, power_sync_concurrency=64, power_sync_interval=0,
+            cell="rack-1",
+            db=f"sqlite:///{workdir / 'power.db'}",
+            bmc_timeout=timeout,
+            bmc_workers=64,
+            power_sync_concurrency=64,
+            power_sync_interval=0,
         )
         first, steady, faulty = asyncio.run(_sweeps(config, rack, unreachable))
     finally:
         rack.stop()
-    targets = ("<= 60 s, 0 failures", "<= 10 s, 0 failures",
-               f"within budget ({timeout:.0f} s BMC timeout), {unreachable} failures")
-    rows = []
+    targets = (
+        "<= 60 s, 0 failures",
+        "<= 10 s, 0 failures",
+        f"within budget ({timeout:.0f} s BMC timeout), {unreachable} failures",
+    )
+    rows: list[tuple[object, ...]] = []
     for label, r, target in zip(
         ("first sweep (logins)", "steady-state sweep", f"steady, {unreachable} unreachable"),
-        (first, steady, faulty), targets, strict=True,
+        (first, steady, faulty),
+        targets,
+        strict=True,
     ):
-        rows.append((label, r.nodes, f"{r.wall_seconds:.2f}", f"{r.cpu_seconds:.2f}",
-                     r.failures, target))
+        rows.append(
+            (label, r.nodes, f"{r.wall_seconds:.2f}", f"{r.cpu_seconds:.2f}", r.failures, target)
+        )
     return rows
 
 
@@ -158,12 +198,18 @@ def main() -> None:
         workdir = Path(tmp)
         print(f"(a) {args.calls} power-status calls to 20 simulated BMCs...", flush=True)
         rows_a = part_a(workdir, args.calls, args.port_base)
-        print_table(f"(a) {args.calls} power-status calls",
-                    ("client", "wall s", "CPU s", "CPU ms/call"), rows_a)
+        print_table(
+            f"(a) {args.calls} power-status calls",
+            ("client", "wall s", "CPU s", "CPU ms/call"),
+            rows_a,
+        )
         print(f"\n(b) power sweeps of {args.nodes} simulated BMCs...", flush=True)
         rows_b = part_b(workdir, args.nodes, args.port_base + 100, args.bmc_timeout)
-        print_table(f"(b) leaf power sweeps, {args.nodes} BMCs, 64 at a time",
-                    ("sweep", "nodes", "wall s", "leaf CPU s", "failures", "target"), rows_b)
+        print_table(
+            f"(b) leaf power sweeps, {args.nodes} BMCs, 64 at a time",
+            ("sweep", "nodes", "wall s", "leaf CPU s", "failures", "target"),
+            rows_b,
+        )
 
 
 if __name__ == "__main__":

@@ -202,8 +202,9 @@ def merge_session_locks() -> bool:
         waiting = getattr(pyghmi_session, "WAITING_SESSIONS", None)
         if keepalive is not None and waiting is keepalive:
             return True
-        if not all(hasattr(lock, "acquire") and hasattr(lock, "release")
-                   for lock in (keepalive, waiting)):
+        if not all(
+            hasattr(lock, "acquire") and hasattr(lock, "release") for lock in (keepalive, waiting)
+        ):
             log.warning("pyghmi's session locks are not where expected; not merging them")
             return False
         pyghmi_session.WAITING_SESSIONS = keepalive

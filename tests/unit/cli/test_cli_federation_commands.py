@@ -1,15 +1,16 @@
 """``cell``, ``capacity``, ``allocate`` and ``allocation``: requests sent, what is printed, and
-exit statuses, against fake CellService, CapacityService and AllocationService stubs."""
+exit statuses, against fake CellService, CapacityService and AllocationService stubs (the
+fixtures of conftest.py, typed ``Any`` here as in the other CLI tests)."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import grpc
 import pytest
-from conftest import FakeAllocations, FakeCapacity, FakeCells
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from rackcells.cli.cells import render_cell, render_cell_list, state_label
@@ -31,7 +32,7 @@ def _ts(when: datetime) -> timestamp_pb2.Timestamp:
     return ts
 
 
-def _cell(fake: FakeCells, cell_id: str, **fields: object) -> cell_service_pb2.Cell:
+def _cell(fake: Any, cell_id: str, **fields: object) -> cell_service_pb2.Cell:
     values: dict[str, object] = {
         "endpoint": f"10.0.0.{cell_id[-1]}:7001",
         "state": UP,
@@ -86,7 +87,7 @@ def test_cell_positional_does_not_replace_the_global_cell_option() -> None:
     assert (args.target, args.reason, args.output) == ("rack-1", "x", "json")
 
 
-def test_cell_list_table(fake_cells: FakeCells) -> None:
+def test_cell_list_table(fake_cells: Any) -> None:
     _cell(fake_cells, "rack-1")
     _cell(
         fake_cells,
@@ -127,7 +128,7 @@ def test_cell_list_table(fake_cells: FakeCells) -> None:
 
 
 def test_cell_list_command_and_json(
-    fake_cells: FakeCells, patch_session: Callable[[], Session], capsys: pytest.CaptureFixture[str]
+    fake_cells: Any, patch_session: Callable[[], Session], capsys: pytest.CaptureFixture[str]
 ) -> None:
     _cell(fake_cells, "rack-1", capacity=Counts(total=3))
     _cell(fake_cells, "rack-2", capacity=None)
@@ -143,7 +144,7 @@ def test_cell_list_command_and_json(
 
 
 def test_cell_list_at_a_leaf_says_to_use_the_top(
-    fake_cells: FakeCells,
+    fake_cells: Any,
     patch_session: Callable[[], Session],
     make_rpc_error: Callable[..., grpc.RpcError],
     capsys: pytest.CaptureFixture[str],
@@ -161,7 +162,7 @@ def test_cell_list_at_a_leaf_says_to_use_the_top(
 
 
 def test_cell_show(
-    fake_cells: FakeCells, patch_session: Callable[[], Session], capsys: pytest.CaptureFixture[str]
+    fake_cells: Any, patch_session: Callable[[], Session], capsys: pytest.CaptureFixture[str]
 ) -> None:
     cell = _cell(fake_cells, "rack-1", scheduling_disabled=True, disabled_reason="fan swap")
     text = render_cell(cell, NOW)
@@ -177,7 +178,7 @@ def test_cell_show(
 
 
 def test_cell_disable_and_enable_send_the_mask(
-    fake_cells: FakeCells, patch_session: Callable[[], Session], capsys: pytest.CaptureFixture[str]
+    fake_cells: Any, patch_session: Callable[[], Session], capsys: pytest.CaptureFixture[str]
 ) -> None:
     _cell(fake_cells, "rack-1")
     assert main(["cell", "disable", "rack-1", "--reason", "fan swap"]) == 0
@@ -228,7 +229,7 @@ def _capacity_response() -> capacity_service_pb2.GetCapacityResponse:
 
 
 def test_capacity_table_and_warning(
-    fake_capacity: FakeCapacity,
+    fake_capacity: Any,
     patch_session: Callable[[], Session],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -269,7 +270,7 @@ def test_capacity_table_and_warning(
 
 
 def test_capacity_of_one_cell_as_json(
-    fake_capacity: FakeCapacity,
+    fake_capacity: Any,
     patch_session: Callable[[], Session],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -289,7 +290,7 @@ def test_capacity_of_one_cell_as_json(
 
 
 def test_allocate_sends_the_request_and_prints_allocation_and_node(
-    fake_allocations: FakeAllocations,
+    fake_allocations: Any,
     patch_session: Callable[[], Session],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -317,7 +318,7 @@ def test_allocate_sends_the_request_and_prints_allocation_and_node(
 
 
 def test_allocate_when_nothing_is_free_exits_1_with_one_line(
-    fake_allocations: FakeAllocations,
+    fake_allocations: Any,
     patch_session: Callable[[], Session],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -348,7 +349,7 @@ def test_bad_command_lines_exit_2(argv: list[str]) -> None:
 
 
 def test_allocation_show_and_delete(
-    fake_allocations: FakeAllocations,
+    fake_allocations: Any,
     patch_session: Callable[[], Session],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
