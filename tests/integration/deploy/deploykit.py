@@ -299,8 +299,9 @@ class MemoryDisk:
 class FakeMachine:
     """A server behind a fake BMC: PXE-boots when the leaf powers it on set to PXE.
 
-    The thread waits until the fake BMC is on with boot device PXE, fetches ``/boot/<mac>`` from
-    the leaf like iPXE would, and for a deploy script runs the deploy agent.
+    The thread waits until the fake BMC was switched on (or power-cycled) after the machine was
+    started, with boot device PXE, then fetches ``/boot/<mac>`` from the leaf like iPXE would,
+    and for a deploy script runs the deploy agent.
     """
 
     cell: DeployCell
@@ -313,18 +314,30 @@ class FakeMachine:
     error: BaseException | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
+    _power_ons: int = 0
 
     def start(self) -> FakeMachine:
+        self._power_ons = self._bmc_power_ons()
         self._thread = threading.Thread(target=self._run, name=f"machine-{self.mac}", daemon=True)
         self._thread.start()
         return self
+
+    def _bmc_power_ons(self) -> int:
+        try:
+            return self.fake.bmc(self.address).power_ons
+        except KeyError:
+            return 0
 
     def _pxe_booting(self) -> bool:
         try:
             bmc = self.fake.bmc(self.address)
         except KeyError:
             return False
-        return bmc.power is PowerState.ON and bmc.boot_device is BootDevice.PXE
+        return (
+            bmc.power_ons > self._power_ons
+            and bmc.power is PowerState.ON
+            and bmc.boot_device is BootDevice.PXE
+        )
 
     def _run(self) -> None:
         try:
@@ -393,7 +406,9 @@ class ImageSource:
                 pass
 
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, args=(0.05,), daemon=True
+        )
         self._thread.start()
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
 
@@ -432,7 +447,9 @@ class BootGate:
                 pass
 
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, args=(0.05,), daemon=True
+        )
         self._thread.start()
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
 

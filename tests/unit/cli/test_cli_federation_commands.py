@@ -1,6 +1,5 @@
 """``cell``, ``capacity``, ``allocate`` and ``allocation``: requests sent, what is printed, and
-exit statuses, against fake CellService, CapacityService and AllocationService stubs (the
-fixtures of conftest.py, typed ``Any`` here as in the other CLI tests)."""
+exit statuses, against fake CellService, CapacityService and AllocationService stubs."""
 
 from __future__ import annotations
 
@@ -42,7 +41,8 @@ def _cell(fake: Any, cell_id: str, **fields: object) -> cell_service_pb2.Cell:
         "last_heartbeat": _ts(NOW - timedelta(seconds=2)),
     }
     values.update(fields)
-    return fake.add(cell_id, **values)
+    cell: cell_service_pb2.Cell = fake.add(cell_id, **values)
+    return cell
 
 
 # -- names and formatting ----------------------------------------------------------------------

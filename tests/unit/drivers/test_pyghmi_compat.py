@@ -124,6 +124,22 @@ def test_unexpected_pyghmi_internals_are_left_alone(monkeypatch: pytest.MonkeyPa
     assert pyghmi_session._io_wait is different
 
 
+def test_session_locks_are_merged_into_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    keepalive, waiting = threading.RLock(), threading.RLock()
+    monkeypatch.setattr(pyghmi_session, "KEEPALIVE_SESSIONS", keepalive)
+    monkeypatch.setattr(pyghmi_session, "WAITING_SESSIONS", waiting)
+    assert compat.merge_session_locks()
+    assert pyghmi_session.WAITING_SESSIONS is keepalive
+    assert pyghmi_session.KEEPALIVE_SESSIONS is keepalive
+    assert compat.merge_session_locks()  # idempotent
+
+
+def test_missing_session_locks_are_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delattr(pyghmi_session, "WAITING_SESSIONS")
+    assert not compat.merge_session_locks()
+    assert not hasattr(pyghmi_session, "WAITING_SESSIONS")
+
+
 def test_prepare_call_disables_the_in_place_relogin() -> None:
     class Session:
         maxtimeout = 4
