@@ -185,6 +185,20 @@ class Deploys:
         )
         await self._c.db(self._c.status.add_progress, deploy.node_id, phase, percent, "deploy")
 
+    async def _move(
+        self,
+        node_id: str,
+        src: State,
+        dst: State,
+        target: State | None,
+        last_error: str | None = None,
+    ) -> None:
+        """Moves the node and records the transition, as every provisioning action does."""
+        await self._c.db(self._c.status.set_provision, node_id, dst, target, last_error)
+        await self._c.db(
+            self._c.status.add_events, [(node_id, "provision", f"{src.value} -> {dst.value}")]
+        )
+
     async def _bmc(self, fn: Callable[..., Any], *args: Any, phase: str) -> Any:
         try:
             return await self._c.bmc(fn, *args, self._cfg.bmc_timeout)
@@ -248,7 +262,7 @@ class Deploys:
         if error:
             current = (await self._c.db(status.status, deploy.node_id)).provision_state
             target = states.failure_target(current) if current in states.TRANSIENT else current
-            await self._c.db(status.set_provision, deploy.node_id, target, None, error[1])
+            await self._move(deploy.node_id, current, target, None, error[1])
             await self._c.db(status.add_events, [(deploy.node_id, "deploy_failed", error[1])])
         else:
             await self._c.db(status.add_events, [(deploy.node_id, "deployed", deploy.deploy_id)])
@@ -305,7 +319,7 @@ class Deploys:
         )
         deploy.report = asyncio.get_running_loop().create_future()
         deploy.awaiting_boot = True
-        await c.db(status.set_provision, node_id, State.WAIT_CALL_BACK, State.ACTIVE)
+        await self._move(node_id, State.DEPLOYING, State.WAIT_CALL_BACK, State.ACTIVE)
         await self.pacer.acquire()
         power = await self._bmc(driver.power.get_power, node.bmc, phase="power_on")
         action = PowerAction.REBOOT if power is PowerState.ON else PowerAction.ON
@@ -344,9 +358,9 @@ class Deploys:
                 f"the agent wrote {report.written_checksum}, expected {info.image_checksum}",
                 grpc.StatusCode.DATA_LOSS,
             )
-        await c.db(
-            status.set_provision,
+        await self._move(
             node_id,
+            State.WAIT_CALL_BACK,
             states.next_state(State.WAIT_CALL_BACK, Event.RESUME),
             State.ACTIVE,
         )
@@ -356,7 +370,7 @@ class Deploys:
         )
         await self._bmc(driver.power.set_power, node.bmc, PowerAction.REBOOT, phase="reboot")
         clock.mark("reboot")
-        await c.db(
-            status.set_provision, node_id, states.next_state(State.DEPLOYING, Event.DONE), None, ""
+        await self._move(
+            node_id, State.DEPLOYING, states.next_state(State.DEPLOYING, Event.DONE), None, ""
         )
         await self._progress(deploy, "active", 100)

@@ -53,9 +53,21 @@ class EventBus:
         self._changed.set()
         self._changed = asyncio.Event()
 
-    async def wait(self, timeout: float) -> None:
-        """Returns when events arrive or after ``timeout`` seconds."""
+    @property
+    def generation(self) -> int:
+        """Counts notifications; take it before reading so :meth:`wait` cannot miss one."""
+        return self._generation
+
+    async def wait(self, timeout: float, since: int | None = None) -> None:
+        """Returns when events arrive or after ``timeout`` seconds.
+
+        With ``since`` (a :attr:`generation` taken before the caller last read the log), a
+        notification that came while the caller was reading returns at once instead of being
+        lost until the next heartbeat.
+        """
         assert self._changed is not None
+        if since is not None and since != self._generation:
+            return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._changed.wait(), timeout)
 
@@ -125,9 +137,10 @@ async def watch_nodes(
         raise InvalidArgument.field("since_revision", "must be -1, 0 or a revision")
     after = await run_db(_latest, engine) if req.since_revision == -1 else req.since_revision
     while True:
+        seen = bus.generation
         batch = await run_db(_read, engine, cell, after, node_ids)
         for event in batch:
             yield event
             after = event.revision
         if len(batch) < _BATCH:
-            await bus.wait(heartbeat)
+            await bus.wait(heartbeat, since=seen)

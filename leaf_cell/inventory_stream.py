@@ -144,6 +144,7 @@ async def watch_inventory(
                 break
         after = latest
     while True:
+        seen = bus.generation
         touched, newest = await run_db(_changes, engine, after)
         if touched:
             upserts = await run_db(_summaries, engine, touched)
@@ -157,6 +158,6 @@ async def watch_inventory(
             )
             after = newest
             continue
-        await bus.wait(heartbeat)
+        await bus.wait(heartbeat, since=seen)
         if await run_db(_latest, engine) == after:
             yield inventory_service_pb2.InventoryUpdate(cell=name, revision=after, version=version)

@@ -43,8 +43,8 @@ __all__ = [
     "CHANNEL_OPTIONS",
     "CellDirectory",
     "CellInfoLike",
+    "CellRegistry",
     "CellStateValue",
-    "Membership",
     "StaticCell",
 ]
 
@@ -77,7 +77,7 @@ class CellInfoLike(Protocol):
     def version(self) -> str: ...
 
 
-class Membership(Protocol):
+class CellRegistry(Protocol):
     """The registry as the directory uses it (``top_cell.registry.Registry``)."""
 
     def cells(self) -> Mapping[str, CellInfoLike]: ...
@@ -121,7 +121,7 @@ class CellDirectory:
 
     def __init__(
         self,
-        registry: Membership,
+        registry: CellRegistry,
         *,
         store: TopStore | None = None,
         health_interval: float = 2.0,
@@ -147,6 +147,8 @@ class CellDirectory:
         """Loads the flags, follows the registry and starts the background checks."""
         if self._store is not None:
             self._flags = await asyncio.to_thread(self._store.load_flags)
+        for name, c in self._cells.items():  # remembered before start
+            self._apply_flags(name, c)
         self._registry.subscribe(self._on_membership)
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._housekeeping(), name="cell housekeeping"))

@@ -35,7 +35,7 @@ import grpc
 
 from rackcells.v1 import inventory_service_pb2, inventory_service_pb2_grpc
 from top_cell.capacity import CapacityQuery, CountTable, packed_contribution
-from top_cell.cells import CellDirectory, Membership
+from top_cell.cells import CellDirectory, CellRegistry
 from top_cell.inventory_db import InventoryWriter, NodeRow, StoredCell, TopStore, open_store
 
 __all__ = [
@@ -157,14 +157,17 @@ class InventoryIndex:
         """Cells with figures (a complete snapshot, or data loaded from the store)."""
         return sorted(self._cells)
 
-    def has(self, cell: str) -> bool:
-        return cell in self._cells
+    def assembling(self, cell: str) -> bool:
+        """Whether a snapshot of the cell is being received."""
+        return cell in self._staging
 
-    def revision(self, cell: str) -> int:
+    def generation(self, cell: str) -> int:
+        """The leaf's inventory revision last applied (0: none)."""
         c = self._cells.get(cell)
         return 0 if c is None else c.revision
 
     def as_of(self, cell: str) -> float | None:
+        """When the cell's figures were last confirmed by its stream; None: never heard."""
         c = self._cells.get(cell)
         return None if c is None else c.as_of
 
@@ -190,6 +193,14 @@ class InventoryIndex:
     def locate_mac(self, mac: str) -> Loc | None:
         norm = normalize_mac(mac)
         return None if norm is None else self._by_mac.get(norm)
+
+    def cell_of_uid(self, uid: str) -> str | None:
+        loc = self._by_uid.get(uid)
+        return None if loc is None else loc[0]
+
+    def cell_of_mac(self, mac: str) -> str | None:
+        loc = self.locate_mac(mac)
+        return None if loc is None else loc[0]
 
     def mac_conflicts(self) -> dict[str, list[Loc]]:
         """MACs that more than one node claims, with every holder (the first one wins)."""
@@ -267,19 +278,10 @@ class InventoryIndex:
     def load(self, stored: StoredCell) -> None:
         """Restores a cell from the store, as it was at ``stored.revision``."""
         c = _CellNodes(stored.revision, stored.as_of, stored.version)
-        for node_id, uid, rc, traits, state, maintenance, allocation, macs in stored.nodes:
-            tset = frozenset(sys.intern(t) for t in traits)
-            rec = NodeRec(
-                node_id,
-                uid,
-                sys.intern(rc),
-                self._traitsets.setdefault(tset, tset),
-                state,
-                maintenance,
-                allocation,
-                macs,
-            )
-            c.put(rec)
+        for node_id, uid, rc, traits, state, maint, alloc, macs in stored.nodes:
+            tset = frozenset(map(sys.intern, traits))
+            shared = self._traitsets.setdefault(tset, tset)
+            c.put(NodeRec(node_id, uid, sys.intern(rc), shared, state, maint, alloc, macs))
         self._replace(sys.intern(stored.cell), c)
 
     def forget(self, cell: str) -> None:
@@ -369,13 +371,17 @@ class InventoryIndex:
             del self._mac_dups[mac]
 
 
-class Inventory:
+class Inventory(InventoryIndex):
     """The index kept current from one WatchInventory stream per registered cell.
 
-    Construct, then ``await start()`` after the directory's ``start()``. Streams resume from
-    the last applied revision; a break marks the cell DOWN and is retried with jittered
-    exponential backoff (``retry_initial`` doubling up to ``retry_max``); a stream with no
-    update (not even a heartbeat) for ``idle_timeout`` seconds counts as broken.
+    Construct, then ``await start()`` (after or before the directory's ``start()``). A stream
+    resumes from the last applied revision after a break, and from the stored revision after
+    a restart of the top; a new endpoint or a new registration of a cell is probably a new leaf
+    process, maybe on another database, so its stream starts from revision 0. A break marks
+    the cell DOWN and is retried with jittered exponential backoff (``retry_initial`` doubling
+    up to ``retry_max``). A stream that delivers nothing, not even a heartbeat, for
+    ``idle_timeout`` seconds counts as broken; while a snapshot is awaited or being received
+    the leaf gets ``snapshot_timeout`` instead, since reading a big cell takes a while.
     """
 
     def __init__(
@@ -384,15 +390,17 @@ class Inventory:
         *,
         store: TopStore | None = None,
         idle_timeout: float = 8.0,
+        snapshot_timeout: float = 60.0,
         retry_initial: float = 0.2,
         retry_max: float = 5.0,
         flush_interval: float = 0.2,
     ) -> None:
+        super().__init__()
         self.directory = directory
-        self.index = InventoryIndex()
         self._store = store
         self._writer = InventoryWriter(store, interval=flush_interval) if store else None
         self._idle_timeout = idle_timeout
+        self._snapshot_timeout = max(snapshot_timeout, idle_timeout)
         self._retry_initial = retry_initial
         self._retry_max = retry_max
         self._watchers: dict[str, tuple[str, asyncio.Task[None]]] = {}
@@ -407,7 +415,7 @@ class Inventory:
         if self._store is not None:
             stored = await asyncio.to_thread(self._store.load_inventory)
             for one in stored.values():
-                self.index.load(one)
+                self.load(one)
             log.info(
                 "inventory cache: %d cells, %d nodes",
                 len(stored),
@@ -415,7 +423,7 @@ class Inventory:
             )
         self._started = True
         self.directory.on_change(self._on_cell_change)
-        for cell in self.index.cells():
+        for cell in self.cells():
             self.directory.remember(cell)
         for cell in self.directory.names():
             self._on_cell_change(cell)
@@ -437,35 +445,6 @@ class Inventory:
         if self._writer is not None:
             await self._writer.flush()
 
-    # -- queries ----------------------------------------------------------------------------
-
-    def cell_of_uid(self, uid: str) -> str | None:
-        loc = self.index.locate_uid(uid)
-        return None if loc is None else loc[0]
-
-    def cell_of_mac(self, mac: str) -> str | None:
-        loc = self.index.locate_mac(mac)
-        return None if loc is None else loc[0]
-
-    def locate_uid(self, uid: str) -> Loc | None:
-        return self.index.locate_uid(uid)
-
-    def locate_mac(self, mac: str) -> Loc | None:
-        return self.index.locate_mac(mac)
-
-    def count(self, cell: str, query: CapacityQuery) -> list[int]:
-        return self.index.count(cell, query)
-
-    def generation(self, cell: str) -> int:
-        return self.index.revision(cell)
-
-    def as_of(self, cell: str) -> float | None:
-        """When the cell's figures were last confirmed by its stream; None: never heard."""
-        return self.index.as_of(cell)
-
-    def note_allocation(self, cell: str, node_id: str, allocation: str) -> None:
-        self.index.note_allocation(cell, node_id, allocation)
-
     # -- streams ----------------------------------------------------------------------------
 
     def _on_cell_change(self, cell: str) -> None:
@@ -475,7 +454,7 @@ class Inventory:
         if not self.directory.known(cell):
             self._stop_watcher(cell)
             self._followed.discard(cell)
-            self.index.forget(cell)
+            self.forget(cell)
             if self._writer is not None:
                 self._writer.forget(cell)
             return
@@ -500,52 +479,62 @@ class Inventory:
         watcher = self._watchers.pop(cell, None)
         if watcher is not None:
             watcher[1].cancel()
-            self.index.abort_snapshot(cell)
+            self.abort_snapshot(cell)
 
     async def _watch(self, cell: str) -> None:
         delay = self._retry_initial
         while True:
+            delivered: list[bool] = []
             try:
-                if await self._follow(cell):
-                    delay = self._retry_initial
+                await self._follow(cell, delivered)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                self.index.abort_snapshot(cell)
-                self.directory.mark_down(cell, _describe(exc, self._idle_timeout))
+                self.abort_snapshot(cell)
+                self.directory.mark_down(cell, _describe(exc))
                 if isinstance(exc, ResyncNeeded):
                     self._full_resync.add(cell)
+            if delivered:  # it worked for a while: the next break starts the backoff afresh
+                delay = self._retry_initial
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311 - jitter
             delay = min(delay * 2, self._retry_max)
 
-    async def _follow(self, cell: str) -> bool:
-        """Reads one stream until it breaks; True if it delivered anything."""
+    async def _follow(self, cell: str, delivered: list[bool]) -> None:
+        """Reads one stream until it breaks (it always does, by raising); appends to
+        ``delivered`` once the stream has delivered an update."""
         channel = self.directory.channel(cell, allow_down=True)
-        since = 0 if cell in self._full_resync else self.index.revision(cell)
+        since = 0 if cell in self._full_resync else self.generation(cell)
         self._full_resync.discard(cell)
         stub = inventory_service_pb2_grpc.InventoryServiceStub(channel)
         request = inventory_service_pb2.WatchInventoryRequest(since_revision=since)
         call = stub.WatchInventory(request)
-        delivered = False
         try:
             while True:
-                update = await asyncio.wait_for(call.read(), self._idle_timeout)
+                # A leaf may take a while to read and send a big snapshot; heartbeats only
+                # promise anything once it streams changes.
+                patient = not delivered or self.assembling(cell)
+                timeout = self._snapshot_timeout if patient else self._idle_timeout
+                try:
+                    update = await asyncio.wait_for(call.read(), timeout)
+                except TimeoutError:
+                    raise _StreamBroken(f"no inventory update for {timeout:g} s") from None
                 if update is grpc.aio.EOF:
-                    raise _StreamEnded("the leaf ended its inventory stream")
+                    raise _StreamBroken("the leaf ended its inventory stream")
                 assert isinstance(update, inventory_service_pb2.InventoryUpdate)
                 if update.cell != f"cells/{cell}":
-                    raise _WrongCell(f"the endpoint serves {update.cell!r}, not cells/{cell}")
+                    raise _StreamBroken(f"the endpoint serves {update.cell!r}, not cells/{cell}")
                 if not delivered and not update.reset and update.revision < since:
                     # The leaf's revisions went backwards: its database was replaced.
                     raise ResyncNeeded(f"revision {update.revision} < {since}")
-                delivered = True
+                if not delivered:
+                    delivered.append(True)
                 self._apply(cell, update)
         finally:
             call.cancel()
 
     def _apply(self, cell: str, update: inventory_service_pb2.InventoryUpdate) -> None:
-        before = self.index.revision(cell)
-        done = self.index.apply(cell, update, time.time())
+        before = self.generation(cell)
+        done = self.apply(cell, update, time.time())
         self.directory.heartbeat(cell, version=update.version)
         if done is None or self._writer is None:
             return
@@ -557,22 +546,16 @@ class Inventory:
         for node_id in done.deleted:
             w.delete(cell, node_id)
         if done.reset or done.upserts or done.deleted or update.revision != before:
-            w.mark(cell, update.revision, time.time(), self.index.version(cell))
+            w.mark(cell, update.revision, time.time(), self.version(cell))
 
 
-class _StreamEnded(Exception):
-    pass
+class _StreamBroken(Exception):
+    """The stream ended, went silent or came from the wrong cell; the message says which."""
 
 
-class _WrongCell(Exception):
-    pass
-
-
-def _describe(exc: Exception, idle: float) -> str:
+def _describe(exc: Exception) -> str:
     if isinstance(exc, grpc.aio.AioRpcError):
         return f"inventory stream failed: {exc.code().name}: {exc.details()}"
-    if isinstance(exc, TimeoutError):
-        return f"no inventory update for {idle:g} s"
     return str(exc) or type(exc).__name__
 
 
@@ -591,7 +574,7 @@ class InventoryParts:
 
 
 async def start_inventory(
-    registry: Membership,
+    registry: CellRegistry,
     db_url: str,
     *,
     directory_options: dict[str, float] | None = None,

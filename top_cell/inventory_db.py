@@ -11,8 +11,8 @@ Two kinds of data live here and they are treated differently:
   rebuilds everything.
 
 Because every table is either operator flags or a rebuildable cache, the schema is created with
-``metadata.create_all`` and there are no migrations: a schema change drops the cache tables
-and lets the leaves refill them.
+``metadata.create_all`` and there are no migrations: when :data:`CACHE_SCHEMA` changes, the
+cache tables are dropped and the leaves refill them (the flags table is kept as it is).
 
 Inventory writes are write-behind: the in-memory inventory answers as soon as an update
 arrives, and :class:`InventoryWriter` coalesces the changes per node and flushes them in one
@@ -47,6 +47,7 @@ from sqlalchemy import (
 from common.db import make_engine
 
 __all__ = [
+    "CACHE_SCHEMA",
     "CellWrite",
     "InventoryWriter",
     "NodeRow",
@@ -57,7 +58,17 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+# Bump when the cache tables change shape: a top that finds another number drops them.
+CACHE_SCHEMA = 1
+
 metadata = MetaData()
+
+top_meta = Table(
+    "top_meta",
+    metadata,
+    Column("key", String(63), primary_key=True),
+    Column("value", String(255), nullable=False),
+)
 
 cell_flags = Table(
     "top_cell_flags",
@@ -139,7 +150,22 @@ class TopStore:
         self.engine = engine
 
     def create_tables(self) -> None:
-        metadata.create_all(self.engine)
+        """Creates missing tables; drops the cache tables if they are of another schema."""
+        top_meta.create(self.engine, checkfirst=True)
+        cache = [inventory_cells, inventory_nodes]
+        with self.engine.begin() as conn:
+            found = conn.execute(
+                select(top_meta.c.value).where(top_meta.c.key == "cache_schema")
+            ).scalar()
+            if found != str(CACHE_SCHEMA):
+                if found is not None:
+                    log.warning(
+                        "inventory cache schema %s is not %s: dropping it", found, CACHE_SCHEMA
+                    )
+                metadata.drop_all(conn, tables=cache, checkfirst=True)
+                conn.execute(delete(top_meta).where(top_meta.c.key == "cache_schema"))
+                conn.execute(insert(top_meta).values(key="cache_schema", value=str(CACHE_SCHEMA)))
+            metadata.create_all(conn)
 
     def load_flags(self) -> dict[str, tuple[bool, str]]:
         with self.engine.connect() as conn:

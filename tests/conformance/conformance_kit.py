@@ -19,12 +19,11 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
-import pytest
 import yaml
 from google.longrunning import operations_pb2, operations_pb2_grpc
 from google.protobuf import duration_pb2
@@ -433,6 +432,23 @@ class Api:
         assert self.get(node_id).provision_state == PS.PROVISION_STATE_AVAILABLE
 
 
-def skip_unless(condition: bool, reason: str) -> None:
-    if not condition:
-        pytest.skip(reason)
+CELL = "conf-a"
+"""The cell every conformance test talks about."""
+OTHER_CELL = "conf-b"
+"""The second leaf behind the top cell."""
+BMC_TIMEOUT = 4.0
+"""The leaves' --bmc-timeout: how long a call to a BMC that never answers holds a node's lock."""
+
+
+@dataclass
+class Federation:
+    """The session's leaves and top cell, with one channel to each."""
+
+    leaves: dict[str, Proc]
+    top: Proc
+    channels: dict[str, grpc.Channel] = field(default_factory=dict)
+
+    def api(self, kind: str, cell: str = CELL) -> Api:
+        """The services of ``cell``, directly at its leaf (``leaf``) or through the top."""
+        target = "top" if kind == "top" else cell
+        return Api(kind, cell, self.channels[target], self.channels[cell])

@@ -14,15 +14,18 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 import pytest
 from conformance_kit import (
+    BMC_TIMEOUT,
+    CELL,
+    OTHER_CELL,
     RPC_GUARD,
     Api,
     BlackHoleBmc,
+    Federation,
     Proc,
     eventually,
     start_leaf,
@@ -31,25 +34,6 @@ from conformance_kit import (
 )
 
 from rackcells.v1 import cell_service_pb2, cell_service_pb2_grpc
-
-CELL = "conf-a"
-OTHER_CELL = "conf-b"
-BMC_TIMEOUT = 4.0
-
-
-@dataclass
-class Federation:
-    leaves: dict[str, Proc]
-    top: Proc
-    channels: dict[str, grpc.Channel] = field(default_factory=dict)
-
-    def channel(self, name: str) -> grpc.Channel:
-        return self.channels[name]
-
-    def api(self, kind: str, cell: str = CELL) -> Api:
-        target = "top" if kind == "top" else cell
-        return Api(kind, cell, self.channels[target], self.channels[cell])
-
 
 @pytest.fixture(scope="session")
 def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:

@@ -190,6 +190,7 @@ def rack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rack]:
             env=env,
         )
     sim: RunningSim | None = None
+    survivors: list[int] = []
     try:
         deadline = time.monotonic() + 60
         while not (port_file.exists() and port_file.read_text().strip()):

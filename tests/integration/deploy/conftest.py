@@ -77,11 +77,12 @@ def cell(start_cell: Callable[..., DeployCell]) -> DeployCell:
 
 @pytest.fixture
 def machine(fake: FakeDriver) -> Iterator[Callable[..., FakeMachine]]:
-    """``machine(cell, address, mac)``: a started :class:`FakeMachine`, stopped after the test."""
+    """``machine(cell, address, mac, late=False)``: a started :class:`FakeMachine`, stopped
+    after the test."""
     started: list[FakeMachine] = []
 
-    def start(cell: DeployCell, address: str, mac: str) -> FakeMachine:
-        m = FakeMachine(cell, fake, address, mac).start()
+    def start(cell: DeployCell, address: str, mac: str, late: bool = False) -> FakeMachine:
+        m = FakeMachine(cell, fake, address, mac, late=late).start()
         started.append(m)
         return m
 

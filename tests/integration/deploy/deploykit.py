@@ -301,7 +301,8 @@ class FakeMachine:
 
     The thread waits until the fake BMC was switched on (or power-cycled) after the machine was
     started, with boot device PXE, then fetches ``/boot/<mac>`` from the leaf like iPXE would,
-    and for a deploy script runs the deploy agent.
+    and for a deploy script runs the deploy agent. A ``late`` machine is plugged in while its
+    deploy is under way: the power-on it waits for may already have happened.
     """
 
     cell: DeployCell
@@ -313,11 +314,12 @@ class FakeMachine:
     result: AgentResult | None = None
     error: BaseException | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
+    late: bool = False
     _thread: threading.Thread | None = None
     _power_ons: int = 0
 
     def start(self) -> FakeMachine:
-        self._power_ons = self._bmc_power_ons()
+        self._power_ons = self._bmc_power_ons() - (1 if self.late else 0)
         self._thread = threading.Thread(target=self._run, name=f"machine-{self.mac}", daemon=True)
         self._thread.start()
         return self

@@ -70,7 +70,7 @@ def test_cancel_of_a_queued_deploy_fails_only_that_deploy_and_frees_no_slot(
     assert cell.get("d2").provision_state == node_pb2.PROVISION_STATE_DEPLOYING
 
     for i in (0, 2):
-        machine(cell, bmc_address(i), node_mac(i))
+        machine(cell, bmc_address(i), node_mac(i), late=True)
     assert not cell.wait(first).HasField("error")
     assert not cell.wait(later).HasField("error")
     assert cell.get("d2").provision_state == node_pb2.PROVISION_STATE_ACTIVE
@@ -98,6 +98,6 @@ def test_cancel_of_a_running_deploy_fails_it_and_admits_the_next(
     node = cell.get("d0")
     assert node.provision_state == node_pb2.PROVISION_STATE_DEPLOY_FAILED
     assert not node.HasField("lock")
-    machine(cell, bmc_address(1), node_mac(1))
+    machine(cell, bmc_address(1), node_mac(1), late=True)
     assert not cell.wait(queued).HasField("error")
     assert cell.get("d1").provision_state == node_pb2.PROVISION_STATE_ACTIVE

@@ -39,7 +39,7 @@ def test_queued_deploys_show_positions_1_2_3_and_drain_in_fifo_order(
     # Let the machines boot one at a time: each finished deploy admits the next in line and
     # everyone behind it moves up one place.
     for i in range(count):
-        machine(cell, bmc_address(i), node_mac(i))
+        machine(cell, bmc_address(i), node_mac(i), late=True)
         assert not cell.wait(ops[i]).HasField("error")
         if i + 1 < count:
             cell.wait_state(f"d{i + 1}", node_pb2.PROVISION_STATE_WAIT_CALL_BACK)
@@ -67,7 +67,7 @@ def test_deploys_within_the_concurrency_limit_run_at_once_and_share_one_download
     assert _positions(cell, ops) == [0, 0, 0]
     assert cell.server.deploys.admission.running == 3
     for i in range(3):
-        machine(cell, bmc_address(i), node_mac(i))
+        machine(cell, bmc_address(i), node_mac(i), late=True)
     for op in ops:
         done = cell.wait(op)
         assert not done.HasField("error"), done.error

@@ -121,7 +121,7 @@ def test_agent_report_with_wrong_token_is_denied_and_the_deploy_continues(
         ),
     )
     # The genuine agent (a machine that boots now) still finishes the deploy.
-    result = machine(cell, bmc_address(0), node_mac(0)).join()
+    result = machine(cell, bmc_address(0), node_mac(0), late=True).join()
     assert result is not None and result.success, result
     op = cell.wait(op)
     assert not op.HasField("error"), op.error

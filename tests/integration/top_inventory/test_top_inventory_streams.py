@@ -158,7 +158,7 @@ async def _picture(top) -> dict[str, object]:  # type: ignore[no-untyped-def]
     for cell in top.parts.directory.names():
         picture[cell] = (
             inv.generation(cell),
-            sorted(r.row() for r in inv.index.nodes(cell)),
+            sorted(r.row() for r in inv.nodes(cell)),
         )
     for query in (
         {},
@@ -232,7 +232,7 @@ def test_leaf_with_a_replaced_database_is_read_again_from_scratch(tmp_path: Path
             await fresh.start(port)
             inv = top.parts.inventory
             await eventually(
-                lambda: sorted(r.node_id for r in inv.index.nodes("rack-1")) == ["m0", "m1"],
+                lambda: sorted(r.node_id for r in inv.nodes("rack-1")) == ["m0", "m1"],
                 what="resynced from revision 0",
             )
             assert inv.cell_of_mac(leaf.nodes["n0"].macs[0]) is None

@@ -61,12 +61,12 @@ def test_snapshot_in_parts_becomes_visible_only_when_complete() -> None:
     assert index.apply(CELL, update(7, [node("a")], reset=True), 1.0) is None
     assert index.apply(CELL, update(7, [node("b")]), 2.0) is None
     assert [r.node_id for r in index.nodes(CELL)] == ["old"]  # old figures meanwhile
-    assert index.revision(CELL) == 3
+    assert index.generation(CELL) == 3
     done = index.apply(CELL, update(7, [node("c")], complete=True), 3.0)
     assert done is not None and done.reset
     assert sorted(r.node_id for r in done.upserts) == ["a", "b", "c"]
     assert sorted(r.node_id for r in index.nodes(CELL)) == ["a", "b", "c"]
-    assert index.revision(CELL) == 7 and index.as_of(CELL) == 3.0
+    assert index.generation(CELL) == 7 and index.as_of(CELL) == 3.0
     assert index.locate_uid("uid-old") is None
     assert index.locate_uid("uid-b") == (CELL, "b")
 
@@ -76,7 +76,7 @@ def test_aborted_snapshot_leaves_the_old_figures() -> None:
     snapshot(index, 3, node("old"))
     index.apply(CELL, update(9, [node("new")], reset=True), 1.0)
     index.abort_snapshot(CELL)
-    assert [r.node_id for r in index.nodes(CELL)] == ["old"] and index.revision(CELL) == 3
+    assert [r.node_id for r in index.nodes(CELL)] == ["old"] and index.generation(CELL) == 3
 
 
 def test_counts_follow_upserts_and_deletes() -> None:
@@ -109,7 +109,7 @@ def test_counts_follow_upserts_and_deletes() -> None:
     assert [r.node_id for r in done.upserts] == ["b", "j"] and done.deleted == ["g"]
     c = counts(index)
     assert (c["total"], c["available"], c["failed"], c["maintenance"]) == (9, 3, 2, 0)
-    assert index.revision(CELL) == 2 and index.as_of(CELL) == 5.0
+    assert index.generation(CELL) == 2 and index.as_of(CELL) == 5.0
 
 
 def test_heartbeat_moves_as_of_and_changes_nothing() -> None:
