@@ -490,6 +490,9 @@ class Inventory(InventoryIndex):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise asyncio.CancelledError from exc  # being stopped: not a broken stream
                 self.abort_snapshot(cell)
                 self.directory.mark_down(cell, _describe(exc))
                 if isinstance(exc, ResyncNeeded):
@@ -515,7 +518,10 @@ class Inventory(InventoryIndex):
                 patient = not delivered or self.assembling(cell)
                 timeout = self._snapshot_timeout if patient else self._idle_timeout
                 try:
-                    update = await asyncio.wait_for(call.read(), timeout)
+                    # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a
+                    # cancellation that races with the read, and the watcher would never stop.
+                    async with asyncio.timeout(timeout):
+                        update = await call.read()
                 except TimeoutError:
                     raise _StreamBroken(f"no inventory update for {timeout:g} s") from None
                 if update is grpc.aio.EOF:

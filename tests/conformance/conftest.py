@@ -35,6 +35,7 @@ from conformance_kit import (
 
 from rackcells.v1 import cell_service_pb2, cell_service_pb2_grpc
 
+
 @pytest.fixture(scope="session")
 def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
     tmp: Path = tmp_path_factory.mktemp("conformance")

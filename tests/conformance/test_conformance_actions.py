@@ -336,7 +336,7 @@ def test_a_locked_node_refuses_delete_and_other_actions_until_the_lock_is_releas
         for method, err in refusals.items()
     }
     holder = node.lock.holder
-    assert metadata == dict.fromkeys(refusals, {"holder": holder, "purpose": "power on"})
+    assert metadata == {m: {"holder": holder, "purpose": "power on"} for m in refusals}
 
 
 # -- watching ---------------------------------------------------------------------------------

@@ -19,8 +19,8 @@ from conformance_kit import (
     CELL,
     OTHER_CELL,
     RPC_GUARD,
-    Federation,
     Api,
+    Federation,
     describe,
     fake_node,
     new_mac,
@@ -73,7 +73,9 @@ class Case(NamedTuple):
 # -- request makers ----------------------------------------------------------------------------
 
 
-def create_case(node_id: str, macs: list[str] | None = None, **extra: Any) -> Callable[[Api, Ctx], grpc.RpcError]:
+def create_case(
+    node_id: str, macs: list[str] | None = None, **extra: Any
+) -> Callable[[Api, Ctx], grpc.RpcError]:
     def run(api: Api, ctx: Ctx) -> grpc.RpcError:
         ports = [ctx.foreign_mac if m == "FOREIGN" else m for m in (macs or [new_mac()])]
         parent = extra.get("parent", api.parent)
@@ -86,12 +88,8 @@ def create_case(node_id: str, macs: list[str] | None = None, **extra: Any) -> Ca
     return run
 
 
-def get(name: str | Callable[[Api, Ctx], str]) -> Callable[[Api, Ctx], grpc.RpcError]:
-    def run(api: Api, ctx: Ctx) -> grpc.RpcError:
-        text = name(api, ctx) if callable(name) else name
-        return rpc_error(api.nodes.GetNode, node_service_pb2.GetNodeRequest(name=text))
-
-    return run
+def get(name: str) -> Callable[[Api, Ctx], grpc.RpcError]:
+    return lambda api, ctx: rpc_error(api.nodes.GetNode, node_service_pb2.GetNodeRequest(name=name))
 
 
 def listing(all_cells: bool = False, **request: Any) -> Callable[[Api, Ctx], grpc.RpcError]:
@@ -141,7 +139,9 @@ def update(
     return run
 
 
-def named(method: str, request_type: Any, name: str | None = None, **fields: Any) -> Callable[[Api, Ctx], grpc.RpcError]:
+def named(
+    method: str, request_type: Any, name: str | None = None, **fields: Any
+) -> Callable[[Api, Ctx], grpc.RpcError]:
     """A NodeService call naming ``name`` (default: the existing node)."""
 
     def run(api: Api, ctx: Ctx) -> grpc.RpcError:
@@ -186,7 +186,8 @@ def alloc(
 ) -> Callable[[Api, Ctx], grpc.RpcError]:
     def run(api: Api, ctx: Ctx) -> grpc.RpcError:
         request = allocation_service_pb2.CreateAllocationRequest(
-            parent=parent or api.parent, policy=policy  # type: ignore[arg-type]
+            parent=parent or api.parent,
+            policy=policy,  # type: ignore[arg-type]
         )
         if allocation is not None:
             request.allocation.CopyFrom(allocation_service_pb2.Allocation(**allocation))
@@ -208,7 +209,12 @@ CASES = [
     # CreateNode
     Case("create: node_id not a label", create_case("Bad_Id"), INVALID, ("node_id",)),
     Case("create: node_id missing", create_case(""), INVALID, ("node_id",)),
-    Case("create: bad MAC", create_case("ok-id", ["zz:zz:zz:zz:zz:zz"]), INVALID, ("node.ports[0].mac",)),
+    Case(
+        "create: bad MAC",
+        create_case("ok-id", ["zz:zz:zz:zz:zz:zz"]),
+        INVALID,
+        ("node.ports[0].mac",),
+    ),
     Case(
         "create: every mistake at once",
         create_case("Bad", ["nope"], traits=["lower"]),
@@ -221,7 +227,12 @@ CASES = [
         INVALID,
         ("node_id",),
     ),
-    Case("create: malformed parent", create_case("ok-id", parent=f"racks/{CELL}"), INVALID, ("parent",)),
+    Case(
+        "create: malformed parent",
+        create_case("ok-id", parent=f"racks/{CELL}"),
+        INVALID,
+        ("parent",),
+    ),
     Case("create: unknown cell", create_case("ok-id", parent="cells/no-such-cell"), NOT_FOUND),
     # GetNode
     Case("get: unknown node", get(f"cells/{CELL}/nodes/no-such-node"), NOT_FOUND),
@@ -230,13 +241,33 @@ CASES = [
     Case("get: empty name", get(""), INVALID, ("name",)),
     # ListNodes
     Case("list: unknown filter field", listing(filter='colour = "red"'), INVALID, ("filter",)),
-    Case("list cells/-: unknown filter field", listing(True, filter='colour = "red"'), INVALID, ("filter",)),
+    Case(
+        "list cells/-: unknown filter field",
+        listing(True, filter='colour = "red"'),
+        INVALID,
+        ("filter",),
+    ),
     Case("list: unknown state", listing(filter="provision_state = SLEEPING"), INVALID, ("filter",)),
-    Case("list: OR", listing(filter="maintenance = true OR maintenance = false"), INVALID, ("filter",)),
+    Case(
+        "list: OR",
+        listing(filter="maintenance = true OR maintenance = false"),
+        INVALID,
+        ("filter",),
+    ),
     Case("list: unknown order_by", listing(order_by="colour"), INVALID, ("order_by",)),
-    Case("list cells/-: bad direction", listing(True, order_by="name sideways"), INVALID, ("order_by",)),
+    Case(
+        "list cells/-: bad direction",
+        listing(True, order_by="name sideways"),
+        INVALID,
+        ("order_by",),
+    ),
     Case("list: garbage page_token", listing(page_token="not-a-token"), INVALID, ("page_token",)),
-    Case("list cells/-: garbage page_token", listing(True, page_token="not-a-token"), INVALID, ("page_token",)),
+    Case(
+        "list cells/-: garbage page_token",
+        listing(True, page_token="not-a-token"),
+        INVALID,
+        ("page_token",),
+    ),
     Case("list: token of another filter", foreign_token(False), INVALID, ("page_token",)),
     Case("list cells/-: token of another filter", foreign_token(True), INVALID, ("page_token",)),
     Case("list: negative page_size", listing(page_size=-1), INVALID, ("page_size",)),
@@ -255,42 +286,93 @@ CASES = [
     Case("update: malformed name", update(["extra"], name="nodes/x"), INVALID, ("node.name",)),
     Case("update: unknown node", update(["extra"], name=f"cells/{CELL}/nodes/nobody"), NOT_FOUND),
     # DeleteNode, SetPowerState, SetBootDevice, ChangeProvisionState
-    Case("delete: malformed name", named("DeleteNode", NSR.DeleteNodeRequest, "x"), INVALID, ("name",)),
-    Case("delete: unknown node", named("DeleteNode", NSR.DeleteNodeRequest, f"cells/{CELL}/nodes/nobody"), NOT_FOUND),
-    Case("power: no action", named("SetPowerState", NSR.SetPowerStateRequest), INVALID, ("action",)),
+    Case(
+        "delete: malformed name",
+        named("DeleteNode", NSR.DeleteNodeRequest, "x"),
+        INVALID,
+        ("name",),
+    ),
+    Case(
+        "delete: unknown node",
+        named("DeleteNode", NSR.DeleteNodeRequest, f"cells/{CELL}/nodes/nobody"),
+        NOT_FOUND,
+    ),
+    Case(
+        "power: no action", named("SetPowerState", NSR.SetPowerStateRequest), INVALID, ("action",)
+    ),
     Case(
         "power: unknown node",
         named("SetPowerState", NSR.SetPowerStateRequest, f"cells/{CELL}/nodes/nobody", action=1),
         NOT_FOUND,
     ),
     Case("boot: no device", named("SetBootDevice", NSR.SetBootDeviceRequest), INVALID, ("device",)),
-    Case("provision: no action", named("ChangeProvisionState", NSR.ChangeProvisionStateRequest), INVALID, ("action",)),
+    Case(
+        "provision: no action",
+        named("ChangeProvisionState", NSR.ChangeProvisionStateRequest),
+        INVALID,
+        ("action",),
+    ),
     Case(
         "provision: unknown node",
-        named("ChangeProvisionState", NSR.ChangeProvisionStateRequest, f"cells/{CELL}/nodes/nobody", action=1),
+        named(
+            "ChangeProvisionState",
+            NSR.ChangeProvisionStateRequest,
+            f"cells/{CELL}/nodes/nobody",
+            action=1,
+        ),
         NOT_FOUND,
     ),
     # WatchNodes
     Case("watch: since_revision below -1", watch(since_revision=-5), INVALID, ("since_revision",)),
     Case("watch: malformed names entry", watch(names=["nodes/x"]), INVALID, ("names[0]",)),
-    Case("watch cells/-: malformed names entry", watch("cells/-", names=["nodes/x"]), INVALID, ("names[0]",)),
+    Case(
+        "watch cells/-: malformed names entry",
+        watch("cells/-", names=["nodes/x"]),
+        INVALID,
+        ("names[0]",),
+    ),
     Case("watch: malformed parent", watch("cell/x"), INVALID, ("parent",)),
     Case("watch: unknown cell", watch("cells/no-such-cell"), NOT_FOUND),
     # Operations
-    Case("get op: malformed name", operation("GetOperation", operations_pb2.GetOperationRequest(name=OPS)), INVALID, ("name",)),
-    Case("get op: unknown", operation("GetOperation", operations_pb2.GetOperationRequest(name=UNKNOWN_OP)), NOT_FOUND),
-    Case("wait op: unknown", operation("WaitOperation", operations_pb2.WaitOperationRequest(name=UNKNOWN_OP)), NOT_FOUND),
-    Case("cancel op: unknown", operation("CancelOperation", operations_pb2.CancelOperationRequest(name=UNKNOWN_OP)), NOT_FOUND),
-    Case("delete op: unknown", operation("DeleteOperation", operations_pb2.DeleteOperationRequest(name=UNKNOWN_OP)), NOT_FOUND),
+    Case(
+        "get op: malformed name",
+        operation("GetOperation", operations_pb2.GetOperationRequest(name=OPS)),
+        INVALID,
+        ("name",),
+    ),
+    Case(
+        "get op: unknown",
+        operation("GetOperation", operations_pb2.GetOperationRequest(name=UNKNOWN_OP)),
+        NOT_FOUND,
+    ),
+    Case(
+        "wait op: unknown",
+        operation("WaitOperation", operations_pb2.WaitOperationRequest(name=UNKNOWN_OP)),
+        NOT_FOUND,
+    ),
+    Case(
+        "cancel op: unknown",
+        operation("CancelOperation", operations_pb2.CancelOperationRequest(name=UNKNOWN_OP)),
+        NOT_FOUND,
+    ),
+    Case(
+        "delete op: unknown",
+        operation("DeleteOperation", operations_pb2.DeleteOperationRequest(name=UNKNOWN_OP)),
+        NOT_FOUND,
+    ),
     Case(
         "list ops: garbage page_token",
-        operation("ListOperations", operations_pb2.ListOperationsRequest(name=OPS, page_token="%%%")),
+        operation(
+            "ListOperations", operations_pb2.ListOperationsRequest(name=OPS, page_token="%%%")
+        ),
         INVALID,
         ("page_token",),
     ),
     Case(
         "list ops: filter",
-        operation("ListOperations", operations_pb2.ListOperationsRequest(name=OPS, filter="done = true")),
+        operation(
+            "ListOperations", operations_pb2.ListOperationsRequest(name=OPS, filter="done = true")
+        ),
         INVALID,
         ("filter",),
     ),
@@ -301,9 +383,24 @@ CASES = [
         ("name",),
     ),
     # GetCapacity
-    Case("capacity: bad required trait", cap(required_traits=["lower"]), INVALID, ("required_traits[0]",)),
-    Case("capacity: bad forbidden trait", cap(forbidden_traits=["A B"]), INVALID, ("forbidden_traits[0]",)),
-    Case("capacity: bad resource class", cap(resource_class="not a class!"), INVALID, ("resource_class",)),
+    Case(
+        "capacity: bad required trait",
+        cap(required_traits=["lower"]),
+        INVALID,
+        ("required_traits[0]",),
+    ),
+    Case(
+        "capacity: bad forbidden trait",
+        cap(forbidden_traits=["A B"]),
+        INVALID,
+        ("forbidden_traits[0]",),
+    ),
+    Case(
+        "capacity: bad resource class",
+        cap(resource_class="not a class!"),
+        INVALID,
+        ("resource_class",),
+    ),
     Case(
         "capacity: trait both required and forbidden",
         cap(required_traits=["CUSTOM_X"], forbidden_traits=["CUSTOM_X"]),
@@ -313,24 +410,76 @@ CASES = [
     Case("capacity: malformed parent", cap("cells"), INVALID, ("parent",)),
     Case("capacity: unknown cell", cap("cells/no-such-cell"), NOT_FOUND),
     # AllocationService
-    Case("allocate: no resource class", alloc(allocation={"required_traits": ["CUSTOM_X"]}), INVALID, ("allocation.resource_class",)),
+    Case(
+        "allocate: no resource class",
+        alloc(allocation={"required_traits": ["CUSTOM_X"]}),
+        INVALID,
+        ("allocation.resource_class",),
+    ),
     Case("allocate: no allocation", alloc(), INVALID, ("allocation",)),
-    Case("allocate: bad trait", alloc(allocation={"resource_class": RC, "required_traits": ["x"]}), INVALID, ("allocation.required_traits[0]",)),
+    Case(
+        "allocate: bad trait",
+        alloc(allocation={"resource_class": RC, "required_traits": ["x"]}),
+        INVALID,
+        ("allocation.required_traits[0]",),
+    ),
     Case(
         "allocate: trait both required and forbidden",
-        alloc(allocation={"resource_class": RC, "required_traits": ["CUSTOM_X"], "forbidden_traits": ["CUSTOM_X"]}),
+        alloc(
+            allocation={
+                "resource_class": RC,
+                "required_traits": ["CUSTOM_X"],
+                "forbidden_traits": ["CUSTOM_X"],
+            }
+        ),
         INVALID,
         ("allocation.forbidden_traits",),
     ),
-    Case("allocate: bad resource class", alloc(allocation={"resource_class": "not a class!"}), INVALID, ("allocation.resource_class",)),
-    Case("allocate: unknown policy", alloc(allocation={"resource_class": RC}, policy=7), INVALID, ("policy",)),
-    Case("allocate: malformed parent", alloc("cells", allocation={"resource_class": RC}), INVALID, ("parent",)),
-    Case("allocate: unknown cell", alloc("cells/no-such-cell", allocation={"resource_class": RC}), NOT_FOUND),
-    Case("get allocation: malformed name", alloc_named("GetAllocation", f"cells/{CELL}/allocs/x"), INVALID, ("name",)),
-    Case("get allocation: unknown", alloc_named("GetAllocation", f"cells/{CELL}/allocations/nobody"), NOT_FOUND),
-    Case("get allocation: unknown cell", alloc_named("GetAllocation", "cells/no-such-cell/allocations/x"), NOT_FOUND),
-    Case("delete allocation: unknown", alloc_named("DeleteAllocation", f"cells/{CELL}/allocations/nobody"), NOT_FOUND),
-]  # fmt: skip
+    Case(
+        "allocate: bad resource class",
+        alloc(allocation={"resource_class": "not a class!"}),
+        INVALID,
+        ("allocation.resource_class",),
+    ),
+    Case(
+        "allocate: unknown policy",
+        alloc(allocation={"resource_class": RC}, policy=7),
+        INVALID,
+        ("policy",),
+    ),
+    Case(
+        "allocate: malformed parent",
+        alloc("cells", allocation={"resource_class": RC}),
+        INVALID,
+        ("parent",),
+    ),
+    Case(
+        "allocate: unknown cell",
+        alloc("cells/no-such-cell", allocation={"resource_class": RC}),
+        NOT_FOUND,
+    ),
+    Case(
+        "get allocation: malformed name",
+        alloc_named("GetAllocation", f"cells/{CELL}/allocs/x"),
+        INVALID,
+        ("name",),
+    ),
+    Case(
+        "get allocation: unknown",
+        alloc_named("GetAllocation", f"cells/{CELL}/allocations/nobody"),
+        NOT_FOUND,
+    ),
+    Case(
+        "get allocation: unknown cell",
+        alloc_named("GetAllocation", "cells/no-such-cell/allocations/x"),
+        NOT_FOUND,
+    ),
+    Case(
+        "delete allocation: unknown",
+        alloc_named("DeleteAllocation", f"cells/{CELL}/allocations/nobody"),
+        NOT_FOUND,
+    ),
+]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])

@@ -27,7 +27,9 @@ from rackcells.v1 import (
 AP = allocation_service_pb2.AllocationPolicy
 
 
-def capacity(api: Api, parent: str, rc: str = "", **traits: list[str]) -> capacity_service_pb2.GetCapacityResponse:
+def capacity(
+    api: Api, parent: str, rc: str = "", **traits: list[str]
+) -> capacity_service_pb2.GetCapacityResponse:
     return api.capacity.GetCapacity(
         capacity_service_pb2.GetCapacityRequest(parent=parent, resource_class=rc, **traits),
         timeout=RPC_GUARD,
@@ -127,9 +129,7 @@ def test_allocations_claim_available_nodes_until_none_is_left(api: Api) -> None:
     )
     assert none_left.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, none_left.details()
 
-    claimed = rpc_error(
-        api.nodes.DeleteNode, node_service_pb2.DeleteNodeRequest(name=gpu.node)
-    )
+    claimed = rpc_error(api.nodes.DeleteNode, node_service_pb2.DeleteNodeRequest(name=gpu.node))
     assert claimed.code() == grpc.StatusCode.FAILED_PRECONDITION, claimed.details()
 
     api.settle()

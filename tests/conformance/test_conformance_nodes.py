@@ -50,9 +50,7 @@ def update(api: Api, node: node_pb2.Node, *paths: str) -> node_pb2.Node:
 
 def test_create_returns_the_enrolled_node_and_get_returns_the_same(api: Api) -> None:
     rc, node_id, mac = unique("rc-"), unique("n"), new_mac()
-    node = fake_node(
-        rc, traits=["CUSTOM_B", "CUSTOM_A"], macs=[mac.upper()], extra={"slot": "7"}
-    )
+    node = fake_node(rc, traits=["CUSTOM_B", "CUSTOM_A"], macs=[mac.upper()], extra={"slot": "7"})
     created = api.create(node_id, node)
 
     assert created.name == api.name(node_id)
@@ -98,7 +96,7 @@ def test_a_node_of_a_cell_that_does_not_exist_is_not_found(api: Api) -> None:
     assert err.code() == grpc.StatusCode.NOT_FOUND, err.details()
 
 
-# -- listing ----------------------------------------------------------------------------------------
+# -- listing ---------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -149,7 +147,11 @@ def make_listing(api: Api) -> Listed:
 FILTERS: list[tuple[str, str, Callable[[int], bool]]] = [
     ("class only", "", lambda i: True),
     ("provision_state =", "provision_state = MANAGEABLE", lambda i: i in MANAGED - PROVIDED),
-    ("provision_state = (full enum name)", "provision_state = PROVISION_STATE_AVAILABLE", PROVIDED.__contains__),
+    (
+        "provision_state = (full enum name)",
+        "provision_state = PROVISION_STATE_AVAILABLE",
+        PROVIDED.__contains__,
+    ),
     ("provision_state !=", "provision_state != ENROLL", MANAGED.__contains__),
     ("power_state =", "power_state = OFF", MANAGED.__contains__),
     ("maintenance = true", "maintenance = true", MAINTENANCE.__contains__),
@@ -157,11 +159,13 @@ FILTERS: list[tuple[str, str, Callable[[int], bool]]] = [
     ("has trait", 'traits:"CUSTOM_EVEN"', lambda i: i % 2 == 0),
     ("has and has not", '-traits:"CUSTOM_EVEN" AND traits:"CUSTOM_THREE"', lambda i: i % 6 == 3),
     ("no match", 'traits:"CUSTOM_NOBODY"', lambda i: False),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize("which", PARENTS)
-@pytest.mark.parametrize(("text", "keep"), [(f[1], f[2]) for f in FILTERS], ids=[f[0] for f in FILTERS])
+@pytest.mark.parametrize(
+    ("text", "keep"), [(f[1], f[2]) for f in FILTERS], ids=[f[0] for f in FILTERS]
+)
 def test_list_filters_select_the_same_nodes(
     api: Api, listed: Listed, which: str, text: str, keep: Callable[[int], bool]
 ) -> None:
@@ -184,7 +188,9 @@ def test_list_by_uid_and_by_mac_finds_exactly_that_node(
     assert api.list_names(parent=parent, filter=f'mac = "{mac}"') == [six.name]
     dashed = mac.upper().replace(":", "-")
     assert api.list_names(parent=parent, filter=f'mac = "{dashed}"') == [six.name]
-    assert api.list_names(parent=parent, filter='uid = "00000000-0000-0000-0000-000000000000"') == []
+    assert (
+        api.list_names(parent=parent, filter='uid = "00000000-0000-0000-0000-000000000000"') == []
+    )
 
 
 def _sort_value(node: node_pb2.Node, field: str) -> Any:
@@ -255,7 +261,7 @@ def test_list_returns_whole_nodes_equal_to_get(api: Api, listed: Listed, which: 
     assert list(page.nodes) == [listed.nodes[i] for i in range(12)]
 
 
-# -- update and delete ------------------------------------------------------------------------------
+# -- update and delete -----------------------------------------------------------------------------
 
 
 def test_update_changes_the_masked_fields_and_a_stale_etag_is_aborted(api: Api) -> None:

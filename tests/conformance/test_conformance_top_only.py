@@ -64,7 +64,9 @@ def test_only_the_top_serves_cell_service(federation: Federation, top: Api) -> N
         assert cell.endpoint == leaf.endpoint
         assert cell.state == cell_service_pb2.CELL_STATE_UP
         assert cell.HasField("last_heartbeat")
-    one = top.cells.GetCell(cell_service_pb2.GetCellRequest(name=f"cells/{CELL}"), timeout=RPC_GUARD)
+    one = top.cells.GetCell(
+        cell_service_pb2.GetCellRequest(name=f"cells/{CELL}"), timeout=RPC_GUARD
+    )
     assert one.name == f"cells/{CELL}"
     unknown = rpc_error(top.cells.GetCell, cell_service_pb2.GetCellRequest(name="cells/nobody"))
     assert unknown.code() == grpc.StatusCode.NOT_FOUND
@@ -89,7 +91,9 @@ def test_listing_every_cell_merges_the_cells_in_order_across_pages(
     made = [top.create(f"{prefix}-{i:02d}", fake_node(rc)) for i in (0, 2, 3, 5, 8, 9)]
     made += [top_b.create(f"{prefix}-{i:02d}", fake_node(rc)) for i in (1, 3, 4, 6, 7, 10)]
     pages = list(
-        top.pages(parent="cells/-", filter=f'resource_class = "{rc}"', order_by=order_by, page_size=3)
+        top.pages(
+            parent="cells/-", filter=f'resource_class = "{rc}"', order_by=order_by, page_size=3
+        )
     )
     assert [len(p.nodes) for p in pages] == [3, 3, 3, 3]
     names = [n.name for p in pages for n in p.nodes]
@@ -116,7 +120,9 @@ def test_a_mac_enrolled_in_one_cell_is_refused_in_another(top: Api, top_b: Api) 
     err = rpc_error(
         top.nodes.CreateNode,
         node_service_pb2.CreateNodeRequest(
-            parent=top.parent, node_id=unique("h"), node=fake_node(unique("rc-"), macs=[mac.upper()])
+            parent=top.parent,
+            node_id=unique("h"),
+            node=fake_node(unique("rc-"), macs=[mac.upper()]),
         ),
     )
     assert err.code() == grpc.StatusCode.ALREADY_EXISTS, err.details()
@@ -142,13 +148,19 @@ def test_a_mac_enrolled_in_one_cell_is_refused_in_another(top: Api, top_b: Api) 
 def test_operations_are_listed_one_cell_at_a_time_at_the_top(
     federation: Federation, top: Api
 ) -> None:
-    err = rpc_error(top.ops.ListOperations, operations_pb2.ListOperationsRequest(name="cells/-/operations"))
+    err = rpc_error(
+        top.ops.ListOperations, operations_pb2.ListOperationsRequest(name="cells/-/operations")
+    )
     assert (err.code(), violation_fields(err)) == (grpc.StatusCode.INVALID_ARGUMENT, ["name"])
     leaf = federation.api("leaf")
-    leaf.ops.ListOperations(operations_pb2.ListOperationsRequest(name="cells/-/operations"), timeout=RPC_GUARD)
+    leaf.ops.ListOperations(
+        operations_pb2.ListOperationsRequest(name="cells/-/operations"), timeout=RPC_GUARD
+    )
 
 
-def _events(api: Api, request: node_service_pb2.WatchNodesRequest) -> Iterator[node_service_pb2.NodeEvent]:
+def _events(
+    api: Api, request: node_service_pb2.WatchNodesRequest
+) -> Iterator[node_service_pb2.NodeEvent]:
     call = api.nodes.WatchNodes(request, timeout=WAIT_GUARD)
     try:
         yield from call
@@ -172,7 +184,10 @@ def test_a_watch_of_every_cell_merges_the_cells_streams(top: Api, top_b: Api) ->
         lambda request, timeout: next(_events(top, request)),
         node_service_pb2.WatchNodesRequest(parent="cells/-", since_revision=5),
     )
-    assert (err.code(), violation_fields(err)) == (grpc.StatusCode.INVALID_ARGUMENT, ["since_revision"])
+    assert (err.code(), violation_fields(err)) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        ["since_revision"],
+    )
 
 
 def test_capacity_of_every_cell_has_one_entry_per_cell(top: Api, top_b: Api) -> None:
@@ -227,7 +242,9 @@ def test_a_cell_taken_out_of_scheduling_gets_no_claims_but_answers_named_calls(
     top_b.settle()
     mask = field_mask_pb2.FieldMask(paths=["scheduling_disabled", "disabled_reason"])
     cell = cell_service_pb2.Cell(name=top_b.parent, scheduling_disabled=True, disabled_reason="t")
-    top.cells.UpdateCell(cell_service_pb2.UpdateCellRequest(cell=cell, update_mask=mask), timeout=RPC_GUARD)
+    top.cells.UpdateCell(
+        cell_service_pb2.UpdateCellRequest(cell=cell, update_mask=mask), timeout=RPC_GUARD
+    )
     try:
         request = allocation_service_pb2.CreateAllocationRequest(
             parent=top_b.parent, allocation=allocation_service_pb2.Allocation(resource_class=rc)
@@ -238,10 +255,50 @@ def test_a_cell_taken_out_of_scheduling_gets_no_claims_but_answers_named_calls(
         err = rpc_error(top.allocations.CreateAllocation, request)
         assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err.details()
         assert top_b.get(node_id).allocation == ""
-        got = top.cells.GetCell(cell_service_pb2.GetCellRequest(name=top_b.parent), timeout=RPC_GUARD)
+        got = top.cells.GetCell(
+            cell_service_pb2.GetCellRequest(name=top_b.parent), timeout=RPC_GUARD
+        )
         assert (got.state, got.disabled_reason) == (cell_service_pb2.CELL_STATE_DISABLED, "t")
     finally:
         cell.scheduling_disabled = False
-        top.cells.UpdateCell(cell_service_pb2.UpdateCellRequest(cell=cell, update_mask=mask), timeout=RPC_GUARD)
+        top.cells.UpdateCell(
+            cell_service_pb2.UpdateCellRequest(cell=cell, update_mask=mask), timeout=RPC_GUARD
+        )
     granted = top.allocations.CreateAllocation(request, timeout=RPC_GUARD)
     assert granted.node == top_b.name(node_id)
+
+
+@pytest.mark.parametrize("deleted", ["a", "b"])
+def test_a_merged_listing_loses_no_node_when_the_last_one_returned_is_deleted(
+    top: Api, top_b: Api, deleted: str
+) -> None:
+    """Between pages of a ``cells/-`` listing the node returned last is deleted; every node that
+    exists throughout the listing must still be returned, once (a leaf's own listing promises
+    this: "nodes enrolled or deleted between pages neither repeat nor shift the rest")."""
+    rc, prefix = unique("rc-"), unique("g")
+    for i in range(1, 11):  # odd ids in conf-a, even ids in conf-b
+        (top if i % 2 else top_b).create(f"{prefix}-{i:02d}", fake_node(rc))
+    request = {"parent": "cells/-", "filter": f'resource_class = "{rc}"', "page_size": 3}
+    first = top.nodes.ListNodes(node_service_pb2.ListNodesRequest(**request), timeout=RPC_GUARD)
+    returned = [n.name for n in first.nodes]
+    assert returned == [
+        top.name(f"{prefix}-01"),
+        top_b.name(f"{prefix}-02"),
+        top.name(f"{prefix}-03"),
+    ]
+    gone = returned[2] if deleted == "a" else returned[1]
+    top.nodes.DeleteNode(node_service_pb2.DeleteNodeRequest(name=gone), timeout=RPC_GUARD)
+
+    token = first.next_page_token
+    while token:
+        page = top.nodes.ListNodes(
+            node_service_pb2.ListNodesRequest(page_token=token, **request), timeout=RPC_GUARD
+        )
+        returned += [n.name for n in page.nodes]
+        token = page.next_page_token
+    everyone = sorted(
+        [top.name(f"{prefix}-{i:02d}") for i in range(1, 11, 2)]
+        + [top_b.name(f"{prefix}-{i:02d}") for i in range(2, 11, 2)],
+        key=lambda n: n.rsplit("/", 1)[1],
+    )
+    assert returned == everyone  # the deleted node was returned before it went
