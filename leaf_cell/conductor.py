@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 from leaf_cell import states
 from leaf_cell.config import LeafConfig
 from leaf_cell.drivers import load_driver
-from leaf_cell.drivers.base import Driver
+from leaf_cell.drivers.base import BmcAccess, Driver
 from leaf_cell.locks import NodeLocks
 from leaf_cell.node_status import StatusStore
 from leaf_cell.nodes import NodeStore
@@ -61,6 +61,11 @@ class Conductor:
         if name not in self._drivers:
             self._drivers[name] = self.driver_loader(name)
         return self._drivers[name]
+
+    async def forget_bmc(self, bmc: BmcAccess) -> None:
+        """Drops the driver's sessions with a BMC whose node changed credentials or left."""
+        if bmc.driver in self._drivers:
+            await self.bmc(self._drivers[bmc.driver].forget, bmc)
 
     def spawn(self, coro: Coroutine[Any, Any, T], name: str) -> asyncio.Task[T]:
         """Starts a tracked background task; its failure is logged, never lost."""

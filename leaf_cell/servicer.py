@@ -15,9 +15,12 @@ import grpc
 from google.longrunning import operations_pb2
 from google.protobuf import empty_pb2
 
+from common.errors import RackcellsError
+from common.names import parse_node_name
 from leaf_cell import power, provision
 from leaf_cell.conductor import Conductor
 from leaf_cell.deploy import Deploys
+from leaf_cell.drivers.base import BmcAccess
 from leaf_cell.events import EventBus, watch_nodes
 from rackcells.v1 import node_pb2, node_service_pb2, node_service_pb2_grpc
 
@@ -51,13 +54,29 @@ class NodeServicer(node_service_pb2_grpc.NodeServiceServicer):
     async def UpdateNode(
         self, request: node_service_pb2.UpdateNodeRequest, context: Ctx
     ) -> node_pb2.Node:
-        return await self._c.db(self._store.update, request)
+        touches_bmc = any(p.partition(".")[0] in ("bmc", "*") for p in request.update_mask.paths)
+        before = await self._bmc_of(request.node.name) if touches_bmc else None
+        node = await self._c.db(self._store.update, request)
+        if before is not None:
+            await self._c.forget_bmc(before)  # new credentials: no session may outlive them
+        return node
 
     async def DeleteNode(
         self, request: node_service_pb2.DeleteNodeRequest, context: Ctx
     ) -> empty_pb2.Empty:
+        before = await self._bmc_of(request.name)
         await self._c.db(self._store.delete, request)
+        if before is not None:
+            await self._c.forget_bmc(before)
         return empty_pb2.Empty()
+
+    async def _bmc_of(self, name: str) -> BmcAccess | None:
+        """The node's BMC before a change, or None when the name does not resolve (yet)."""
+        try:
+            node_id = parse_node_name(name).node
+            return (await self._c.db(self._c.status.status, node_id)).bmc
+        except RackcellsError:
+            return None
 
     async def SetPowerState(
         self, request: node_service_pb2.SetPowerStateRequest, context: Ctx

@@ -70,6 +70,7 @@ _Key = tuple[str, int, str, str]
 _MAX_ATTEMPTS = 2
 _BOOT_UNSUPPORTED_CODES = codec.UNSUPPORTED_CODES | {0x80}  # 0x80: parameter not supported
 _LOGOUT_WAIT = 2.0
+_RETIRE_WAIT = 60.0  # longer than pyghmi can hold a slot (~10 s), short of forever
 
 
 @dataclass(frozen=True)
@@ -261,7 +262,9 @@ class IpmiDriver:
                 future.result(timeout=max(0.0, deadline - time.monotonic()))
             except Exception:  # a logout that is late or failed changes nothing now
                 break
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        # Queued work is not cancelled: each queued job owns a slot lock only it releases, and
+        # every job is bounded by pyghmi's timers, so the workers drain and exit on their own.
+        self._executor.shutdown(wait=False)
         if self._keepalive_thread is not None:
             self._keepalive_thread.join(timeout=1.0)
 
@@ -340,7 +343,8 @@ class IpmiDriver:
                 slot.lock.release()
             self._counters.add("timeouts")
             raise timed_out(bmc, timeout) from None
-        except CancelledError:  # close() dropped the queued work
+        except CancelledError:  # not expected (close() lets queued work run); stay consistent
+            slot.lock.release()
             raise RuntimeError("the ipmi driver is closed") from None
         except DriverError as err:
             if err.kind is DriverErrorKind.TIMEOUT:
@@ -439,8 +443,13 @@ class IpmiDriver:
         slot.retired = True  # a call that started on the slot meanwhile logs out after itself
 
         def logout() -> None:
-            with slot.lock:
+            if not slot.lock.acquire(timeout=_RETIRE_WAIT):
+                log.warning("BMC %s: still busy, session not logged out", slot.access.endpoint)
+                return
+            try:
                 self._drop_session(slot, logout=True)
+            finally:
+                slot.lock.release()
 
         try:
             return self._executor.submit(logout)

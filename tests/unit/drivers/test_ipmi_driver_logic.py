@@ -383,6 +383,34 @@ def test_close_logs_out_and_refuses_further_calls(bmcs: ScriptedBmcs) -> None:
         driver.get_power(access(), 5.0)
 
 
+def test_close_while_a_worker_is_stuck_still_logs_everything_out(bmcs: ScriptedBmcs) -> None:
+    driver = IpmiDriver(keepalive_interval=None, max_workers=1)
+    driver.get_power(access(16001), 5.0)
+    driver.get_power(access(16002), 5.0)
+    release = threading.Event()
+
+    def hang_on_first(session: Session, request: codec.Request, data: bytes) -> bytes:
+        if session.port == 16001:
+            release.wait(10)
+        return b"\x00"
+
+    bmcs.handler = hang_on_first
+    with pytest.raises(DriverError):
+        driver.get_power(access(16001), 0.2)  # the only worker is now stuck
+    with pytest.raises(DriverError):
+        driver.get_power(access(16002), 0.2)  # queued behind it, given up
+    closer = threading.Thread(target=driver.close)
+    closer.start()
+    closer.join(5)
+    assert not closer.is_alive()  # close() does not wait for the stuck BMC
+    release.set()
+    deadline = time.monotonic() + 5
+    while any(s.logouts == 0 for s in bmcs.sessions) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    # Queued logouts were not cancelled: both sessions end once the worker is free.
+    assert [s.logouts for s in bmcs.sessions] == [1, 1]
+
+
 def test_idle_sessions_get_keepalives_and_a_failed_one_drops_the_session(
     bmcs: ScriptedBmcs,
 ) -> None:
