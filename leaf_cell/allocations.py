@@ -16,9 +16,9 @@ from typing import Any, cast
 
 from sqlalchemy import Engine, Table, and_, delete, exists, insert, not_, select, update
 
+from common.capacity import parse_query
 from common.errors import (
     FailedPrecondition,
-    FieldViolation,
     InvalidArgument,
     NotFound,
     ResourceExhausted,
@@ -26,7 +26,6 @@ from common.errors import (
 from common.names import ALL_CELLS, label_problem, parse_cell
 from leaf_cell.convert import timestamp
 from leaf_cell.db.models import AllocationRow, EventRow, NodeRow, TraitRow
-from leaf_cell.validation import check_traits
 from rackcells.v1 import allocation_service_pb2
 
 __all__ = ["AllocationStore", "match_conditions"]
@@ -105,16 +104,19 @@ class AllocationStore:
         cell = parse_cell(req.parent, allow_all=True)
         if cell not in (self.cell, ALL_CELLS):
             raise NotFound(f"cell {cell} is not served here (this is cell {self.cell})")
+        # The same checks, in the same order, as the top cell makes (conformance).
+        if not req.HasField("allocation"):
+            raise InvalidArgument.field("allocation", "is required")
+        if req.policy not in allocation_service_pb2.AllocationPolicy.values():
+            raise InvalidArgument.field("policy", f"{req.policy} is not an AllocationPolicy")
         spec = req.allocation
-        bad: list[FieldViolation] = []
-        if not spec.resource_class:
-            bad.append(FieldViolation("allocation.resource_class", "is required"))
-        bad += check_traits(spec.required_traits, "allocation.required_traits")
-        bad += check_traits(spec.forbidden_traits, "allocation.forbidden_traits")
-        if set(spec.required_traits) & set(spec.forbidden_traits):
-            bad.append(FieldViolation("allocation.forbidden_traits", "overlaps required_traits"))
-        if bad:
-            raise InvalidArgument.of(bad)
+        parse_query(
+            spec.resource_class,
+            spec.required_traits,
+            spec.forbidden_traits,
+            prefix="allocation.",
+            class_required=True,
+        )
         alloc_id = uuid.uuid4().hex
         name = self._name(alloc_id)
         now = self._clock()

@@ -10,12 +10,11 @@ from google.protobuf import duration_pb2
 from sqlalchemy import Engine, Table, func, select
 
 from common import capacity
-from common.errors import InvalidArgument, NotFound
+from common.errors import NotFound
 from common.names import ALL_CELLS, parse_cell
 from leaf_cell.allocations import match_conditions
 from leaf_cell.convert import timestamp
 from leaf_cell.db.models import EventRow, NodeRow
-from leaf_cell.validation import check_traits
 from rackcells.v1 import capacity_service_pb2
 
 __all__ = ["capacity_of"]
@@ -33,11 +32,7 @@ def capacity_of(
     parent = parse_cell(req.parent, allow_all=True)
     if parent not in (cell, ALL_CELLS):
         raise NotFound(f"cell {parent} is not served here (this is cell {cell})")
-    bad = check_traits(req.required_traits, "required_traits") + check_traits(
-        req.forbidden_traits, "forbidden_traits"
-    )
-    if bad:
-        raise InvalidArgument.of(bad)
+    capacity.parse_query(req.resource_class, req.required_traits, req.forbidden_traits)
     conditions = match_conditions(req.resource_class, req.required_traits, req.forbidden_traits)
     with engine.connect() as conn:
         rows = conn.execute(

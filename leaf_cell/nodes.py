@@ -389,6 +389,7 @@ class NodeStore:
                     holder=row.lock_holder,
                     purpose=row.lock_purpose,
                     since=row.lock_since,
+                    metadata={"holder": row.lock_holder or "", "purpose": row.lock_purpose or ""},
                 )
             if row.allocation:
                 raise FailedPrecondition(

@@ -71,6 +71,9 @@ class OperationsServicer(operations_pb2_grpc.OperationsServicer):  # type: ignor
         self, request: operations_pb2.WaitOperationRequest, context: Ctx
     ) -> operations_pb2.Operation:
         op_id = self._ops.parse_name(request.name)
+        op = await self._c.db(self._ops.get, request.name, self._read)  # NOT_FOUND first
+        if op.done:
+            return op
         event = self._ops.event_for(op_id)
         try:
             op = await self._c.db(self._ops.get, request.name, self._read)

@@ -19,16 +19,15 @@ the revision they reflect and their age, and a cell the top has never heard from
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
-from common.errors import FieldViolation, InvalidArgument, NotFound
+from common.capacity import CapacityQuery, parse_query
+from common.errors import NotFound
 from common.names import ALL_CELLS, parse_cell
 from rackcells.v1 import capacity_service_pb2, node_pb2
 
@@ -62,8 +61,6 @@ _FAILED = frozenset(
         _PS.PROVISION_STATE_ERROR,
     }
 )
-_RESOURCE_CLASS = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,79}$")
-_TRAIT = re.compile(r"^[A-Z0-9_]{1,255}$")
 
 
 @lru_cache(maxsize=256)
@@ -98,64 +95,6 @@ def unpack(packed: int) -> list[int]:
 @lru_cache(maxsize=256)
 def packed_contribution(provision_state: int, maintenance: bool, allocated: bool) -> int:
     return pack(contribution(provision_state, maintenance, allocated))
-
-
-@dataclass(frozen=True)
-class CapacityQuery:
-    """A validated filter: resource class (empty: every class) and trait conditions."""
-
-    resource_class: str = ""
-    required: frozenset[str] = frozenset()
-    forbidden: frozenset[str] = frozenset()
-
-    def describe(self) -> str:
-        text = f"class {self.resource_class or '(any)'}"
-        if self.required:
-            text += f" with traits {', '.join(sorted(self.required))}"
-        if self.forbidden:
-            text += f" without traits {', '.join(sorted(self.forbidden))}"
-        return text
-
-
-def parse_query(
-    resource_class: str,
-    required: Sequence[str],
-    forbidden: Sequence[str],
-    *,
-    prefix: str = "",
-    class_required: bool = False,
-) -> CapacityQuery:
-    """Checks a filter as the caller sent it; every bad field is named (``prefix`` + field)."""
-    bad: list[FieldViolation] = []
-    if not resource_class:
-        if class_required:
-            bad.append(FieldViolation(f"{prefix}resource_class", "is required"))
-    elif not _RESOURCE_CLASS.match(resource_class):
-        bad.append(
-            FieldViolation(
-                f"{prefix}resource_class",
-                f"{resource_class!r} must match {_RESOURCE_CLASS.pattern}",
-            )
-        )
-    for field, traits in (("required_traits", required), ("forbidden_traits", forbidden)):
-        for i, trait in enumerate(traits):
-            if not _TRAIT.match(trait):
-                bad.append(
-                    FieldViolation(
-                        f"{prefix}{field}[{i}]",
-                        f"{trait!r} is not a trait (upper case letters, digits and _)",
-                    )
-                )
-    both = sorted(set(required) & set(forbidden))
-    if both:
-        bad.append(
-            FieldViolation(
-                f"{prefix}forbidden_traits", f"{', '.join(both)} also in required_traits"
-            )
-        )
-    if bad:
-        raise InvalidArgument.of(bad)
-    return CapacityQuery(resource_class, frozenset(required), frozenset(forbidden))
 
 
 class _ClassGroups:

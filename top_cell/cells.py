@@ -101,6 +101,8 @@ class _Cell:
     registered: bool = True
     gone_since: float = 0.0
     last_heartbeat: float | None = None
+    stream_seen: bool = False
+    """Whether the inventory stream ever delivered: only then is the cell UP (cell_service)."""
     stream_down: str | None = None
     health_down: str | None = None
     health_ok_at: float = 0.0
@@ -201,7 +203,7 @@ class CellDirectory:
         c = self._get(cell)
         if self._down_reason(c) is not None:
             return DOWN
-        if c.last_heartbeat is None:
+        if c.last_heartbeat is None or not c.stream_seen:
             return UNKNOWN
         return DISABLED if c.disabled else UP
 
@@ -254,6 +256,7 @@ class CellDirectory:
             return
         before = self._state_of(c)
         c.last_heartbeat = time.time()
+        c.stream_seen = True
         c.stream_down = None
         if version:
             c.version = version
@@ -291,7 +294,7 @@ class CellDirectory:
         return c.stream_down or c.health_down
 
     def _state_of(self, c: _Cell) -> tuple[str | None, bool, bool]:
-        return self._down_reason(c), c.last_heartbeat is None, c.disabled
+        return self._down_reason(c), c.last_heartbeat is None or not c.stream_seen, c.disabled
 
     def _changed_if(self, cell: str, c: _Cell, before: tuple[str | None, bool, bool]) -> None:
         after = self._state_of(c)
