@@ -498,9 +498,11 @@ class NodeEvent(_message.Message):
     detail: _builtins.str
     """Details, for example "AVAILABLE -> DEPLOYING (deploy)" or "image_write"."""
     provision_state: _node_pb2.ProvisionState.ValueType
-    """The node's provision state after the event."""
+    """The node's provision state when the event is sent (its current state; for a replay of old
+    events it may be later than the state the event produced).
+    """
     power_state: _node_pb2.PowerState.ValueType
-    """The node's power state after the event."""
+    """The node's power state when the event is sent."""
     phase: _builtins.str
     """The deploy phase, when the event belongs to a deploy."""
     percent: _builtins.int
