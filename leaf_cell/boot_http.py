@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from common.keys import normalize_mac
 from leaf_cell.image_cache import ImageCache
-from leaf_cell.validation import normalize_mac
 
 __all__ = ["BootHttpServer", "BootScriptFn"]
 

@@ -26,6 +26,7 @@ from typing import Any
 import grpc
 
 from common.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from common.keys import normalize_mac
 from common.names import parse_node_name
 from common.telemetry import get_meter
 from leaf_cell import states
@@ -36,7 +37,6 @@ from leaf_cell.drivers.base import BootDevice, DriverError, PowerAction, PowerSt
 from leaf_cell.image_cache import ImageCache, ImageCacheError
 from leaf_cell.locks import Lease
 from leaf_cell.states import Event, State
-from leaf_cell.validation import normalize_mac
 from rackcells.v1 import agent_service_pb2, node_pb2
 
 __all__ = ["ActiveDeploy", "DeployFailure", "Deploys"]

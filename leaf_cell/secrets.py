@@ -8,28 +8,15 @@ key lives in a file outside the database (mode 0600), created on first start.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 from cryptography.fernet import Fernet, InvalidToken
+
+from common.keys import load_or_create_key
 
 __all__ = ["SecretBox", "SecretError", "load_or_create_key"]
 
 
 class SecretError(RuntimeError):
     """A stored secret cannot be decrypted with this leaf's key (the key file changed)."""
-
-
-def load_or_create_key(path: Path) -> bytes:
-    """Reads the key file, creating it with a fresh key and mode 0600 if it does not exist."""
-    if path.exists():
-        return path.read_bytes().strip()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    key = Fernet.generate_key()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(key + b"\n")
-    return key
 
 
 class SecretBox:

@@ -11,6 +11,7 @@ import re
 from collections.abc import Iterable
 
 from common.errors import FieldViolation, InvalidArgument
+from common.keys import normalize_mac
 from rackcells.v1 import node_pb2
 
 __all__ = [
@@ -18,7 +19,6 @@ __all__ = [
     "MUTABLE_PATHS",
     "check_node",
     "check_traits",
-    "normalize_mac",
     "normalize_paths",
 ]
 
@@ -37,25 +37,12 @@ MUTABLE_PATHS: dict[str, tuple[str, ...]] = {
     "extra": (),
 }
 
-_MAC = re.compile(r"^[0-9a-f]{2}([:-]?)[0-9a-f]{2}(\1[0-9a-f]{2}){4}$")
-_CISCO_MAC = re.compile(r"^[0-9a-f]{4}\.[0-9a-f]{4}\.[0-9a-f]{4}$")
 _RESOURCE_CLASS = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,79}$")
 _TRAIT = re.compile(r"^[A-Z0-9_]{1,255}$")
 _CPU_ARCH = re.compile(r"^[a-z0-9_]{0,32}$")
 _CHECKSUM = re.compile(r"^sha256:[0-9a-f]{64}$")
 _HOST = re.compile(r"^[A-Za-z0-9.:\-\[\]]{1,255}$")
 _MAX_EXTRA = 64
-
-
-def normalize_mac(text: str) -> str | None:
-    """``AA-BB-CC-DD-EE-FF`` / ``aabb.ccdd.eeff`` / ``aabbccddeeff`` → ``aa:bb:cc:dd:ee:ff``."""
-    raw = text.strip().lower()
-    if _CISCO_MAC.match(raw):
-        raw = raw.replace(".", "")
-    if not _MAC.match(raw):
-        return None
-    digits = re.sub(r"[:-]", "", raw)
-    return ":".join(digits[i : i + 2] for i in range(0, 12, 2))
 
 
 def check_traits(traits: Iterable[str], field: str) -> list[FieldViolation]:

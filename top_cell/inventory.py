@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from common.keys import normalize_mac
 from rackcells.v1 import inventory_service_pb2, inventory_service_pb2_grpc
 from top_cell.capacity import CapacityQuery, CountTable, packed_contribution
 from top_cell.cells import CellDirectory, CellRegistry
@@ -53,20 +54,7 @@ log = logging.getLogger(__name__)
 
 Loc = tuple[str, str]  # (cell, node_id)
 
-_MAC = re.compile(r"^[0-9a-f]{2}([:-]?)[0-9a-f]{2}(\1[0-9a-f]{2}){4}$")
-_CISCO_MAC = re.compile(r"^[0-9a-f]{4}\.[0-9a-f]{4}\.[0-9a-f]{4}$")
-_HEX = re.compile(r"[:.-]")
 _CANONICAL_MAC = re.compile(r"^[0-9a-f]{2}(?::[0-9a-f]{2}){5}$")
-
-
-def normalize_mac(text: str) -> str | None:
-    """``AA-BB-CC-DD-EE-FF`` / ``aabb.ccdd.eeff`` / ``aabbccddeeff`` → ``aa:bb:cc:dd:ee:ff``;
-    None when ``text`` is not a MAC address."""
-    raw = text.strip().lower()
-    if not (_MAC.match(raw) or _CISCO_MAC.match(raw)):
-        return None
-    digits = _HEX.sub("", raw)
-    return ":".join(digits[i : i + 2] for i in range(0, 12, 2))
 
 
 @dataclass(frozen=True, slots=True)

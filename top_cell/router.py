@@ -37,12 +37,12 @@ from common.errors import (
     RackcellsError,
     Unavailable,
 )
+from common.keys import normalize_mac
 from common.listing import parse_filter
 from common.names import ALL_CELLS, label_problem, parse_cell, parse_node_name
 from rackcells.v1 import node_pb2, node_service_pb2, node_service_pb2_grpc
 from top_cell import cross_list
 from top_cell.fanout import fanout_budget
-from top_cell.inventory import normalize_mac
 
 __all__ = [
     "AddressIndex",

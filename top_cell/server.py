@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from google.longrunning import operations_pb2_grpc
 from grpc_health.v1 import health
 
 from common.config import ConfigError
+from common.keys import load_or_create_key
 from common.server import (
     ServiceBinding,
     build_server,
@@ -106,14 +106,7 @@ def page_token_key(config: TopConfig) -> bytes:
     if path is None:
         log.warning("no secret_key_file: page tokens will not survive a restart of the top cell")
         return Fernet.generate_key()
-    if path.exists():
-        return path.read_bytes().strip()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    key = Fernet.generate_key()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(key + b"\n")
-    return key
+    return load_or_create_key(path)
 
 
 async def assemble(config: TopConfig) -> TopParts:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from common.errors import InvalidArgument
-from leaf_cell.validation import MUTABLE_PATHS, check_node, normalize_mac, normalize_paths
+from common.keys import normalize_mac
+from leaf_cell.validation import MUTABLE_PATHS, check_node, normalize_paths
 from rackcells.v1 import node_pb2
 
 

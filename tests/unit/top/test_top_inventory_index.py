@@ -13,9 +13,10 @@ import tracemalloc
 
 import pytest
 
+from common.keys import normalize_mac
 from rackcells.v1 import inventory_service_pb2, node_pb2
 from top_cell.capacity import FIELDS, CapacityQuery
-from top_cell.inventory import InventoryIndex, ResyncNeeded, normalize_mac
+from top_cell.inventory import InventoryIndex, ResyncNeeded
 
 PS = node_pb2.ProvisionState
 CELL = "rack-1"
