@@ -10,11 +10,7 @@ Imported by the modules of this directory (pytest puts the directory on sys.path
 from __future__ import annotations
 
 import itertools
-import os
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -29,6 +25,7 @@ from google.longrunning import operations_pb2, operations_pb2_grpc
 from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from serverkit import BIN, Proc, leaf_argv
 
 from rackcells.v1 import (
     allocation_service_pb2_grpc,
@@ -40,7 +37,6 @@ from rackcells.v1 import (
     node_service_pb2_grpc,
 )
 
-BIN = Path(sys.executable).parent
 T = TypeVar("T")
 
 RPC_GUARD = 30.0
@@ -53,110 +49,6 @@ PA = node_service_pb2.ProvisionAction
 
 
 # -- processes -------------------------------------------------------------------------------------
-
-
-class Proc:
-    """A server child process that writes its port to a file once it serves; stopped by PID."""
-
-    def __init__(self, name: str, argv: list[str], tmp: Path, env_prefix: str) -> None:
-        self.name = name
-        self.argv = argv
-        self.tmp = tmp
-        self.env_prefix = env_prefix
-        self.port_file = tmp / f"{name}.port"
-        self.stderr_path = tmp / f"{name}.stderr"
-        self.port = 0
-        self.proc = self._spawn()
-
-    def _spawn(self) -> subprocess.Popen[bytes]:
-        self.port_file.unlink(missing_ok=True)
-        env = {k: v for k, v in os.environ.items() if not k.startswith(self.env_prefix)}
-        with self.stderr_path.open("ab") as stderr:
-            return subprocess.Popen(
-                [*self.argv, "--port-file", str(self.port_file)],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=stderr,
-                env=env,
-            )
-
-    @property
-    def endpoint(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def wait_ready(self, limit: float = WAIT_GUARD) -> int:
-        """Waits for the port file (the limit is a hang guard, not what is tested)."""
-        give_up = time.monotonic() + limit
-        while time.monotonic() < give_up:
-            if self.proc.poll() is not None:
-                raise AssertionError(
-                    f"{self.name} exited with {self.proc.returncode}:\n{self.log()[-4000:]}"
-                )
-            text = self.port_file.read_text() if self.port_file.exists() else ""
-            if text.endswith("\n"):
-                self.port = int(text)
-                return self.port
-            time.sleep(0.05)
-        raise AssertionError(f"{self.name} wrote no port file:\n{self.log()[-4000:]}")
-
-    def log(self) -> str:
-        return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""
-
-    def signal(self, sig: int) -> None:
-        """Signals this child, by its own PID, if it still runs."""
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, sig)
-
-    def kill(self) -> None:
-        """SIGKILL, and reap it."""
-        self.signal(signal.SIGKILL)
-        self.proc.wait(timeout=30)
-
-    def restart(self, argv: list[str] | None = None) -> None:
-        """Starts the same command again (after it was stopped or killed)."""
-        assert self.proc.poll() is not None, f"{self.name} still runs"
-        if argv is not None:
-            self.argv = argv
-        self.port = 0
-        self.proc = self._spawn()
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.signal(signal.SIGCONT)
-            self.signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.signal(signal.SIGKILL)
-                self.proc.wait(timeout=30)
-        return self.proc.returncode
-
-
-def leaf_argv(cell: str, tmp: Path, *extra: str, listen: str = "127.0.0.1:0") -> list[str]:
-    return [
-        str(BIN / "rackcells-leaf"),
-        "serve",
-        "--cell",
-        cell,
-        "--listen",
-        listen,
-        "--db",
-        f"sqlite:///{tmp / cell}.db",
-        "--secret-key-file",
-        str(tmp / f"{cell}.key"),
-        "--power-sync-interval",
-        "0",
-        "--log-level",
-        "WARNING",
-        *extra,
-    ]
 
 
 def start_leaf(cell: str, tmp: Path, *extra: str) -> Proc:

@@ -26,12 +26,12 @@ from conformance_kit import (
     Api,
     BlackHoleBmc,
     Federation,
-    Proc,
     eventually,
     start_leaf,
     start_top,
     write_static_registry,
 )
+from serverkit import Proc
 
 from rackcells.v1 import cell_service_pb2, cell_service_pb2_grpc
 

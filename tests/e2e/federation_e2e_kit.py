@@ -14,10 +14,8 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import signal
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -30,6 +28,7 @@ import pytest
 import yaml
 from google.longrunning import operations_pb2, operations_pb2_grpc
 from google.protobuf import duration_pb2
+from serverkit import BIN
 
 from rackcells.v1 import (
     capacity_service_pb2,
@@ -41,7 +40,6 @@ from rackcells.v1 import (
     node_service_pb2_grpc,
 )
 
-BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ROOT / "scripts" / "services"
 T = TypeVar("T")
@@ -60,98 +58,6 @@ PA = node_service_pb2.ProvisionAction
 
 
 # -- processes -------------------------------------------------------------------------------------
-
-
-class Proc:
-    """A server child process that writes its port to a file once it serves."""
-
-    def __init__(self, name: str, argv: list[str], tmp: Path, env_prefix: str) -> None:
-        self.name = name
-        self.argv = argv
-        self.tmp = tmp
-        self.env_prefix = env_prefix
-        self.port_file = tmp / f"{name}.port"
-        self.log_path = tmp / f"{name}.log"
-        self.port = 0
-        self.proc = self._spawn()
-
-    def _spawn(self) -> subprocess.Popen[bytes]:
-        self.port_file.unlink(missing_ok=True)
-        env = {k: v for k, v in os.environ.items() if not k.startswith(self.env_prefix)}
-        with self.log_path.open("ab") as log:
-            return subprocess.Popen(
-                [*self.argv, "--port-file", str(self.port_file)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
-
-    @property
-    def endpoint(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def wait_ready(self, limit: float = WAIT_GUARD) -> int:
-        give_up = time.monotonic() + limit
-        while time.monotonic() < give_up:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"{self.name} exited {self.proc.returncode}:\n{self.tail()}")
-            text = self.port_file.read_text() if self.port_file.exists() else ""
-            if text.endswith("\n"):
-                self.port = int(text)
-                return self.port
-            time.sleep(0.05)
-        raise AssertionError(f"{self.name} wrote no port file:\n{self.tail()}")
-
-    def tail(self, chars: int = 4000) -> str:
-        return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
-
-    def signal(self, sig: int) -> None:
-        """Signals this child by its own PID, if it still runs."""
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, sig)
-
-    def kill(self) -> None:
-        self.signal(signal.SIGKILL)
-        self.proc.wait(timeout=30)
-
-    def restart(self, argv: list[str] | None = None) -> None:
-        assert self.proc.poll() is not None, f"{self.name} still runs"
-        if argv is not None:
-            self.argv = argv
-        self.port = 0
-        self.proc = self._spawn()
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.signal(signal.SIGCONT)
-            self.signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.signal(signal.SIGKILL)
-                self.proc.wait(timeout=30)
-        return self.proc.returncode
-
-
-def leaf_argv(cell: str, tmp: Path, *extra: str, listen: str = "127.0.0.1:0") -> list[str]:
-    return [
-        str(BIN / "rackcells-leaf"),
-        "serve",
-        "--cell",
-        cell,
-        "--listen",
-        listen,
-        "--db",
-        f"sqlite:///{tmp / cell}.db",
-        "--secret-key-file",
-        str(tmp / f"{cell}.key"),
-        "--power-sync-interval",
-        "0",
-        "--log-level",
-        "WARNING",
-        *extra,
-    ]
 
 
 def top_argv(registry: str, db: Path, *extra: str) -> list[str]:

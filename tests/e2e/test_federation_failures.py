@@ -33,14 +33,12 @@ from federation_e2e_kit import (
     UP,
     Client,
     PrivateZk,
-    Proc,
     cli,
     cli_cell_states,
     enrol,
     eventually,
     fake_node,
     figures,
-    leaf_argv,
     new_mac,
     require_zk,
     rpc_error,
@@ -49,6 +47,7 @@ from federation_e2e_kit import (
     top_matches_leaf,
 )
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from serverkit import Proc, leaf_argv
 
 from rackcells.v1 import (
     allocation_service_pb2,

@@ -31,8 +31,8 @@ TIMEOUT = 5.0
 LOOPBACK = "127.0.0.1"
 
 # Node indices used by one test each, so that tests do not see each other's sessions.
-POWER, BOOT, REUSE, WRONG_PW, UNKNOWN_USER, BAD_CREDS, FAULT, FORGET, KEEPALIVE, IPMITOOL = (
-    range(1, 11)
+POWER, BOOT, REUSE, WRONG_PW, UNKNOWN_USER, BAD_CREDS, FAULT, FORGET, KEEPALIVE, IPMITOOL = range(
+    1, 11
 )
 CONCURRENT = range(11, 61)  # 50 BMCs no other test touches
 
@@ -205,7 +205,10 @@ def test_relogin_after_the_bmc_lost_its_sessions(
     first.stop()
     assert first.reap_workers() == []
     second = start_rack(
-        2, tmp_path_factory.mktemp("restarted"), prefix="rl-n", password="relogin-pw",
+        2,
+        tmp_path_factory.mktemp("restarted"),
+        prefix="rl-n",
+        password="relogin-pw",
         port_base=first.port_base,
     )
     try:
@@ -281,7 +284,12 @@ def test_healthy_bmcs_keep_answering_while_others_are_dead_or_lossy(
     # Retransmissions to lossy and dead BMCs once deadlocked pyghmi's two session locks and
     # with them every call in the process (see leaf_cell.drivers.pyghmi_compat).
     rack = launch_sim(
-        60, "--fault", "unreachable:51-55", "--fault", "loss=0.3:56-60", prefix="dl-n",
+        60,
+        "--fault",
+        "unreachable:51-55",
+        "--fault",
+        "loss=0.3:56-60",
+        prefix="dl-n",
         password="deadlock-pw",
     )
     healthy = [access(rack, i) for i in range(1, 51)]
@@ -311,8 +319,20 @@ def test_ipmitool_sees_what_the_driver_did(sim: RunningSim, driver: IpmiDriver) 
     driver.set_boot_device(bmc, BootDevice.PXE, True, TIMEOUT)
 
     def ipmitool(*args: str) -> str:
-        cmd = ["ipmitool", "-I", "lanplus", "-H", LOOPBACK, "-p", str(sim.port(IPMITOOL)),
-               "-U", "admin", "-P", sim.password, *args]
+        cmd = [
+            "ipmitool",
+            "-I",
+            "lanplus",
+            "-H",
+            LOOPBACK,
+            "-p",
+            str(sim.port(IPMITOOL)),
+            "-U",
+            "admin",
+            "-P",
+            sim.password,
+            *args,
+        ]
         return subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=30).stdout
 
     assert ipmitool("power", "status").strip() == "Chassis Power is on"

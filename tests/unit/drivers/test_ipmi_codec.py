@@ -15,8 +15,12 @@ from leaf_cell.drivers.ipmi_codec import (
 
 @pytest.mark.parametrize(
     ("data", "state"),
-    [(b"\x01\x00\x00", PowerState.ON), (b"\x00\x00\x00", PowerState.OFF),
-     (b"\x61\x10\x40", PowerState.ON), (b"\x60", PowerState.OFF)],
+    [
+        (b"\x01\x00\x00", PowerState.ON),
+        (b"\x00\x00\x00", PowerState.OFF),
+        (b"\x61\x10\x40", PowerState.ON),
+        (b"\x60", PowerState.OFF),
+    ],
 )
 def test_chassis_status_power_is_bit_zero(data: bytes, state: PowerState) -> None:
     assert parse_chassis_status(data) is state

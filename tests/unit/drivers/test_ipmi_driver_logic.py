@@ -144,9 +144,7 @@ def test_session_is_tuned_to_fail_fast_before_each_call(
     assert (session.maxtimeout, session.logontries) == (2, 0)
 
 
-def test_different_passwords_get_different_sessions(
-    driver: IpmiDriver, bmcs: ScriptedBmcs
-) -> None:
+def test_different_passwords_get_different_sessions(driver: IpmiDriver, bmcs: ScriptedBmcs) -> None:
     driver.get_power(access(), 5.0)
     with pytest.raises(DriverError) as caught:
         driver.get_power(access(password="another-pw"), 5.0)

@@ -24,24 +24,43 @@ PROTOCOL = DriverErrorKind.PROTOCOL
     [
         (IpmiException("Incorrect password provided"), AUTH, "wrong password"),
         (IpmiException("Unauthorized name in RAKP2"), AUTH, "unknown user"),
-        (IpmiException("Invalid integrity check value reported in RAKP4"), AUTH,
-         "wrong password"),
-        (IpmiException("Parameter not supported while requesting privelege level 4 for b'x'"),
-         AUTH, "user not allowed this privilege level"),
+        (IpmiException("Invalid integrity check value reported in RAKP4"), AUTH, "wrong password"),
+        (
+            IpmiException("Parameter not supported while requesting privelege level 4 for b'x'"),
+            AUTH,
+            "user not allowed this privilege level",
+        ),
         (IpmiException(None), TIMEOUT, "no answer to the login"),
         (IpmiException("timeout"), TIMEOUT, "no answer to the login"),
-        (IpmiException("No Cipher suite match with proposed security algorithms"), UNSUPPORTED,
-         "IPMI 2.0 cipher suite 3 or 17 (lanplus)"),
-        (IpmiException("MD5 required but not enabled/available on target BMC"), UNSUPPORTED,
-         "IPMI 2.0 (lanplus) sessions"),
-        (IpmiException("Unable to transmit to specified address"), UNREACHABLE,
-         "cannot send to the address"),
-        (socket.gaierror(-2, "Name or service not known"), UNREACHABLE,
-         "address does not resolve"),
-        (IpmiException("Insufficient resources to create new session (wait for existing "
-                       "sessions to timeout)"), PROTOCOL, "no free session on the BMC"),
-        (IpmiException("Session failed to initialize"), PROTOCOL,
-         "login failed: Session failed to initialize"),
+        (
+            IpmiException("No Cipher suite match with proposed security algorithms"),
+            UNSUPPORTED,
+            "IPMI 2.0 cipher suite 3 or 17 (lanplus)",
+        ),
+        (
+            IpmiException("MD5 required but not enabled/available on target BMC"),
+            UNSUPPORTED,
+            "IPMI 2.0 (lanplus) sessions",
+        ),
+        (
+            IpmiException("Unable to transmit to specified address"),
+            UNREACHABLE,
+            "cannot send to the address",
+        ),
+        (socket.gaierror(-2, "Name or service not known"), UNREACHABLE, "address does not resolve"),
+        (
+            IpmiException(
+                "Insufficient resources to create new session (wait for existing "
+                "sessions to timeout)"
+            ),
+            PROTOCOL,
+            "no free session on the BMC",
+        ),
+        (
+            IpmiException("Session failed to initialize"),
+            PROTOCOL,
+            "login failed: Session failed to initialize",
+        ),
         (KeyError("command"), PROTOCOL, "unexpected answer during login (KeyError)"),
     ],
 )
