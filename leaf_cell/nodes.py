@@ -22,19 +22,18 @@ from common.errors import (
     AlreadyExists,
     EtagMismatch,
     FailedPrecondition,
-    FieldViolation,
     InvalidArgument,
     NodeLocked,
     NotFound,
 )
 from common.listing import page_size, parse_filter, parse_order_by
-from common.names import ALL_CELLS, label_problem, parse_cell, parse_node_name
+from common.names import ALL_CELLS, parse_cell, parse_node_name
+from common.node_checks import check_create_request, check_update_request
 from leaf_cell import queries
 from leaf_cell.convert import etag_of, orm_to_node, row_to_node
 from leaf_cell.db.models import EventRow, NodeRow, PortRow, TraitRow
 from leaf_cell.secrets import SecretBox
 from leaf_cell.states import DELETABLE, INITIAL, State
-from leaf_cell.validation import check_node, normalize_paths
 from rackcells.v1 import node_pb2, node_service_pb2
 
 __all__ = ["NodeStore"]
@@ -173,20 +172,8 @@ class NodeStore:
 
     def create(self, req: node_service_pb2.CreateNodeRequest) -> node_pb2.Node:
         self._own_cell(req.parent)
-        node = node_pb2.Node()
-        node.CopyFrom(req.node)
-        if not node.bmc.driver:
-            node.bmc.driver = "ipmi"
-        if not node.resource_class:
-            node.resource_class = "baremetal"
-        problem = label_problem(req.node_id)
-        violations = [FieldViolation("node_id", problem)] if problem else []
-        try:
-            macs = check_node(node, None)
-        except InvalidArgument as exc:
-            raise InvalidArgument.of([*violations, *exc.violations]) from None
-        if violations:
-            raise InvalidArgument.of(violations)
+        checked = check_create_request(req)
+        node, macs = checked.node, checked.macs
         name = f"cells/{self.cell}/nodes/{req.node_id}"
         now = self._clock()
         traits = sorted(node.traits)  # stored and returned in the order reads return them
@@ -292,13 +279,8 @@ class NodeStore:
     def update(self, req: node_service_pb2.UpdateNodeRequest) -> node_pb2.Node:
         name = req.node.name
         node_id = self._node_id(name, "node.name")
-        paths = normalize_paths(req.update_mask.paths)
-        node = req.node
-        if "bmc" in paths or "bmc.driver" in paths:
-            node = node_pb2.Node()
-            node.CopyFrom(req.node)
-            node.bmc.driver = node.bmc.driver or "ipmi"
-        macs = check_node(node, paths)
+        checked = check_update_request(req)
+        node, paths, macs = checked.node, checked.paths, checked.macs
         with self._sessions() as session, session.begin():
             row = self._load(session, node_id, name)
             if node.etag and node.etag != etag_of(row):

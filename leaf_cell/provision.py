@@ -30,13 +30,13 @@ from common.errors import (
     NotFound,
 )
 from common.names import parse_node_name
+from common.node_checks import check_node
 from leaf_cell import states
 from leaf_cell.conductor import Conductor
 from leaf_cell.deploy import Deploys
 from leaf_cell.drivers.base import DriverError, PowerAction
 from leaf_cell.locks import Lease
 from leaf_cell.states import Event, IllegalTransition, State
-from leaf_cell.validation import check_node
 from rackcells.v1 import node_pb2, node_service_pb2
 
 __all__ = ["change_provision_state", "operation_reader"]

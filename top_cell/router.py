@@ -15,7 +15,8 @@ database look-up, and forwarded to the owning leaf as the same method:
 A client therefore sees the same answers through the top as directly at the leaf. The top adds
 only what a single leaf cannot know: cross-cell MAC uniqueness on CreateNode/UpdateNode, listings
 over ``cells/-`` (:mod:`top_cell.cross_list`), look-ups by uid or MAC through the inventory index,
-and a merged WatchNodes over ``cells/-``.
+and a merged WatchNodes over ``cells/-``. Before its MAC look-up it runs the leaf's own request
+checks (:mod:`common.node_checks`), so that what it adds never changes the answer to bad input.
 """
 
 from __future__ import annotations
@@ -34,12 +35,14 @@ from common.errors import (
     AlreadyExists,
     DeadlineExceeded,
     InvalidArgument,
+    NotFound,
     RackcellsError,
     Unavailable,
 )
 from common.keys import normalize_mac
 from common.listing import parse_filter
 from common.names import ALL_CELLS, label_problem, parse_cell, parse_node_name
+from common.node_checks import check_create_request, check_update_request
 from rackcells.v1 import node_pb2, node_service_pb2, node_service_pb2_grpc
 from top_cell import cross_list
 from top_cell.fanout import fanout_budget
@@ -192,14 +195,23 @@ class NodeRouter(node_service_pb2_grpc.NodeServiceServicer):
 
     # -- checks the top makes before forwarding -----------------------------------------------
 
-    def _check_macs_elsewhere(self, cell: str, ports: Sequence[node_pb2.Port], field: str) -> None:
-        """MACs are unique across the federation; a leaf can only check its own cell."""
+    def _require_known(self, cell: str) -> None:
+        """A leaf refuses a request for a cell it does not serve (NOT_FOUND) before it looks at
+        the body; the top refuses a cell it does not know at the same point, so bad input for
+        an unknown cell gets the same code either way. A known cell that is DOWN is left to the
+        forwarder: the body can be checked without it."""
+        if cell not in self._cells.names():
+            raise NotFound(f"cell {cell} is not known", metadata={"cell": f"cells/{cell}"})
+
+    def _check_macs_elsewhere(self, cell: str, macs: Sequence[str], field: str) -> None:
+        """MACs are unique across the federation; a leaf can only check its own cell.
+
+        ``macs`` are the normalised MACs of the request's ports, in port order, as returned by
+        the checks of :mod:`common.node_checks`; those run first, so that a malformed request
+        gets a leaf's INVALID_ARGUMENT rather than ALREADY_EXISTS from here."""
         if self._index is None:
             return
-        for i, port in enumerate(ports):
-            mac = normalize_mac(port.mac)
-            if mac is None:
-                continue
+        for i, mac in enumerate(macs):
             owner = self._index.cell_of_mac(mac)
             if owner is not None and owner != cell:
                 raise AlreadyExists(
@@ -238,8 +250,12 @@ class NodeRouter(node_service_pb2_grpc.NodeServiceServicer):
     async def CreateNode(
         self, request: node_service_pb2.CreateNodeRequest, context: Ctx
     ) -> node_pb2.Node:
+        """Checked in a leaf's order (parent, cell, then node_id and node, all from
+        :mod:`common.node_checks`) before the cross-cell MAC look-up; forwarded unchanged."""
         cell = parse_cell(request.parent, "parent")
-        self._check_macs_elsewhere(cell, request.node.ports, "node.ports")
+        self._require_known(cell)
+        checked = check_create_request(request)
+        self._check_macs_elsewhere(cell, checked.macs, "node.ports")
         return await self._fwd.unary(cell, "CreateNode", request, node_pb2.Node, context)
 
     async def GetNode(
@@ -291,9 +307,13 @@ class NodeRouter(node_service_pb2_grpc.NodeServiceServicer):
     async def UpdateNode(
         self, request: node_service_pb2.UpdateNodeRequest, context: Ctx
     ) -> node_pb2.Node:
+        """Checked in a leaf's order (node.name, cell, update mask, then the fields it
+        selects) before the cross-cell MAC look-up, which applies only when the mask selects
+        ``ports``; forwarded unchanged."""
         cell = parse_node_name(request.node.name, "node.name").cell
-        if {"ports", "*"} & set(request.update_mask.paths):
-            self._check_macs_elsewhere(cell, request.node.ports, "node.ports")
+        self._require_known(cell)
+        checked = check_update_request(request)
+        self._check_macs_elsewhere(cell, checked.macs, "node.ports")
         return await self._fwd.unary(cell, "UpdateNode", request, node_pb2.Node, context)
 
     async def DeleteNode(

@@ -83,19 +83,11 @@ def black_hole_bmc() -> Iterator[BlackHoleBmc]:
 
 # Known differences, each a bug with a failing test. Strict: once fixed, the unexpected pass
 # fails the suite, and the entry must be removed.
-_ORDER = (
-    "the top checks a MAC held by another cell before the leaf's input validation runs; "
-    "the leaf's checks should move to common and run first in top_cell/router.py"
-)
 _CURSOR = (
     "top_cell/cross_list.py skips by count when the node a cell returned last was deleted; "
     "the cursor should resume after that cell's last sort key"
 )
 KNOWN_BUGS = {
-    "test_bad_input_gets_the_same_code_and_field_violations"
-    "[top-create: bad node_id with a MAC another cell holds]": _ORDER,
-    "test_bad_input_gets_the_same_code_and_field_violations"
-    "[top-update: immutable path with a MAC another cell holds]": _ORDER,
     "test_a_merged_listing_loses_no_node_when_the_last_one_returned_is_deleted[a]": _CURSOR,
     "test_a_merged_listing_loses_no_node_when_the_last_one_returned_is_deleted[b]": _CURSOR,
 }

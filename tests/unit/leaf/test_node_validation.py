@@ -1,4 +1,4 @@
-"""leaf_cell.validation: MAC normalisation, update-mask paths and node checks, without a DB."""
+"""common.node_checks: MAC normalisation, update-mask paths and node checks, without a DB."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 
 from common.errors import InvalidArgument
 from common.keys import normalize_mac
-from leaf_cell.validation import MUTABLE_PATHS, check_node, normalize_paths
+from common.node_checks import MUTABLE_PATHS, check_node, normalize_paths
 from rackcells.v1 import node_pb2
 
 

@@ -313,7 +313,8 @@ def test_deadline_ends_a_slow_call(f: Fed) -> None:
 
 def test_create_with_a_mac_of_another_cell_is_refused_at_the_top(f: Fed) -> None:
     node = node_pb2.Node(
-        ports=[node_pb2.Port(mac="aa:bb:cc:00:00:01"), node_pb2.Port(mac="52-54-00-00-00-01")]
+        bmc=node_pb2.BmcInfo(driver="fake"),
+        ports=[node_pb2.Port(mac="aa:bb:cc:00:00:01"), node_pb2.Port(mac="52-54-00-00-00-01")],
     )
     request = node_service_pb2.CreateNodeRequest(parent="cells/rack-1", node_id="new", node=node)
     err = fails(grpc.StatusCode.ALREADY_EXISTS, f.stub.CreateNode, request)

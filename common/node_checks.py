@@ -1,28 +1,48 @@
-"""Validation of node input, collected field by field before anything is written.
+"""Checks of NodeService requests that need nothing but the request, shared by both cells.
+
+A leaf runs them before it touches its database; the top runs the very same functions before
+its own cross-cell MAC look-up and before forwarding. Because both cells call one
+implementation in the same order, a malformed request gets the same INVALID_ARGUMENT and the
+same ``google.rpc.BadRequest`` field violations whether it is sent to a leaf or through the top
+(DESIGN.md: every public RPC works identically through the top and directly at a leaf), and the
+top never answers ALREADY_EXISTS for a request a leaf would refuse as malformed.
 
 Every problem becomes a :class:`~common.errors.FieldViolation` with the field's path as the
 caller sent it (``node.ports[1].mac``), and all of them are reported together, so an operator
-fixing an import file sees every mistake at once. Nothing here touches the database.
+fixing an import file sees every mistake at once. Checks that need stored state (a node's etag,
+the BMC as it will be after an update, MACs already enrolled) stay with the leaf.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from common.errors import FieldViolation, InvalidArgument
 from common.keys import normalize_mac
-from rackcells.v1 import node_pb2
+from common.names import label_problem
+from rackcells.v1 import node_pb2, node_service_pb2
 
 __all__ = [
     "BMC_DRIVERS",
+    "DEFAULT_BMC_DRIVER",
+    "DEFAULT_RESOURCE_CLASS",
     "MUTABLE_PATHS",
+    "CheckedCreate",
+    "CheckedUpdate",
+    "check_create_request",
     "check_node",
     "check_traits",
+    "check_update_request",
     "normalize_paths",
 ]
 
 BMC_DRIVERS = ("ipmi", "fake")
+# What a leaf stores when the caller leaves these empty; the checks see the node with them
+# filled in, because an ipmi BMC needs an address that a fake one does not.
+DEFAULT_BMC_DRIVER = "ipmi"
+DEFAULT_RESOURCE_CLASS = "baremetal"
 
 # Update-mask paths a caller may name; a parent path ("bmc") covers its sub-fields.
 MUTABLE_PATHS: dict[str, tuple[str, ...]] = {
@@ -168,3 +188,58 @@ def check_node(node: node_pb2.Node, paths: set[str] | None, prefix: str = "node"
     if bad:
         raise InvalidArgument.of(bad)
     return macs
+
+
+@dataclass(frozen=True)
+class CheckedCreate:
+    """A CreateNode request that passed the checks: the node as a leaf stores it (defaults
+    filled in) and its ports' normalised MACs, in port order."""
+
+    node: node_pb2.Node
+    macs: list[str]
+
+
+@dataclass(frozen=True)
+class CheckedUpdate:
+    """An UpdateNode request that passed the checks: the node to apply (the BMC driver
+    defaulted when the mask names it), the expanded mask paths, and the normalised MACs of
+    ``node.ports`` (empty unless the mask names ``ports``)."""
+
+    node: node_pb2.Node
+    paths: set[str]
+    macs: list[str]
+
+
+def check_create_request(request: node_service_pb2.CreateNodeRequest) -> CheckedCreate:
+    """Checks ``node_id`` and the node body of a CreateNode request, reporting every
+    violation of both together. ``parent`` is not checked here: each cell resolves it its own
+    way (a leaf: is it this cell; the top: is it a known cell) before calling this."""
+    node = node_pb2.Node()
+    node.CopyFrom(request.node)
+    if not node.bmc.driver:
+        node.bmc.driver = DEFAULT_BMC_DRIVER
+    if not node.resource_class:
+        node.resource_class = DEFAULT_RESOURCE_CLASS
+    problem = label_problem(request.node_id)
+    violations = [FieldViolation("node_id", problem)] if problem else []
+    try:
+        macs = check_node(node, None)
+    except InvalidArgument as exc:
+        raise InvalidArgument.of([*violations, *exc.violations]) from None
+    if violations:
+        raise InvalidArgument.of(violations)
+    return CheckedCreate(node, macs)
+
+
+def check_update_request(request: node_service_pb2.UpdateNodeRequest) -> CheckedUpdate:
+    """Checks the update mask first (an unknown or immutable path ends the check, naming
+    ``update_mask``), then the fields of ``node`` the mask selects. ``node.name`` is resolved
+    by the caller, as for :func:`check_create_request`."""
+    paths = normalize_paths(request.update_mask.paths)
+    node = request.node
+    if "bmc" in paths or "bmc.driver" in paths:
+        node = node_pb2.Node()
+        node.CopyFrom(request.node)
+        node.bmc.driver = node.bmc.driver or DEFAULT_BMC_DRIVER
+    macs = check_node(node, paths)
+    return CheckedUpdate(node, paths, macs)
