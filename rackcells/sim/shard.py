@@ -70,6 +70,8 @@ class WorkerConfig:
     boot_url: str | None = None
     #: Image files of the machines' disks; None: the disks only count and hash.
     disk_dir: Path | None = None
+    #: Whether the disks hash what they are given (``--disk-sink count`` turns it off).
+    disk_hash: bool = True
     #: Agents of this worker that write their disk at the same time.
     disk_writers: int = 8
 
@@ -105,7 +107,7 @@ class Shard:
         if config.boot_url:
             self.netboot = NetBoot(
                 config.boot_url,
-                DiskStore(config.disk_dir),
+                DiskStore(config.disk_dir, hashing=config.disk_hash),
                 self.post,
                 threads=len(config.nodes),
                 writers=config.disk_writers,

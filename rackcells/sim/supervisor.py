@@ -64,6 +64,7 @@ class RackOptions:
     log_level: int
     boot_url: str | None = None
     disk_dir: Path | None = None
+    disk_hash: bool = True
     disk_writers: int = 8
 
 
@@ -183,6 +184,7 @@ class RackSupervisor:
                 log_level=opts.log_level,
                 boot_url=opts.boot_url,
                 disk_dir=opts.disk_dir,
+                disk_hash=opts.disk_hash,
                 disk_writers=opts.disk_writers,
             )
             parent_end, child_end = ctx.Pipe()

@@ -277,7 +277,7 @@ class MemoryDisk:
         self.sha256 = hashlib.sha256()
         self.size = 0
 
-    def write(self, data: bytes, /) -> int:
+    def write(self, data: bytes | memoryview, /) -> int:
         self.sha256.update(data)
         self.size += len(data)
         return len(data)

@@ -24,7 +24,9 @@ def test_boot_url_and_disks(tmp_path: Path) -> None:
     )
     assert options.disk_dir == tmp_path / "d"
     options = parse_rack_options([*BASE, "--boot-url", "http://h:1", "--disk-sink", "hash"])
-    assert options.disk_dir is None
+    assert (options.disk_dir, options.disk_hash) == (None, True)
+    options = parse_rack_options([*BASE, "--boot-url", "http://h:1", "--disk-sink", "count"])
+    assert (options.disk_dir, options.disk_hash) == (None, False)
 
 
 @pytest.mark.parametrize(

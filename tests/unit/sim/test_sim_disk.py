@@ -42,6 +42,13 @@ def test_the_sink_counts_and_hashes_only() -> None:
         disk.fileno()  # nothing for the agent to fsync
 
 
+def test_the_counting_sink_counts_without_a_checksum() -> None:
+    disk = DiskStore(None, hashing=False).open("n1", threading.Event())
+    disk.write(b"abc")
+    disk.write(b"de")
+    assert (disk.size, disk.checksum()) == (5, None)
+
+
 def test_writes_fail_once_the_machine_is_off(tmp_path: Path) -> None:
     cancel = threading.Event()
     disk = FileDisk(tmp_path / "n1.img", cancel)
