@@ -43,6 +43,12 @@ _NODES = cast(Table, NodeRow.__table__)
 _PORTS = cast(Table, PortRow.__table__)
 _TRAITS = cast(Table, TraitRow.__table__)
 _EVENTS = cast(Table, EventRow.__table__)
+# Built once: a statement given its values per call (``.values(...)``) is a new statement each
+# time, and SQLAlchemy then spends more on its cache key than SQLite spends on the INSERT.
+_INSERT_NODE = insert(_NODES).returning(_NODES.c.id)
+_INSERT_PORTS = insert(_PORTS)
+_INSERT_TRAITS = insert(_TRAITS)
+_INSERT_EVENT = insert(_EVENTS)
 
 
 def _event(node_id: str, kind: str, detail: str, when: datetime) -> dict[str, object]:
@@ -210,18 +216,18 @@ class NodeStore:
         # constraint it was, so the caller gets a precise ALREADY_EXISTS.
         try:
             with self._engine.begin() as conn:
-                pk = conn.execute(insert(_NODES).returning(_NODES.c.id), values).scalar_one()
+                pk = conn.execute(_INSERT_NODE, values).scalar_one()
                 if macs:
                     conn.execute(
-                        insert(_PORTS),
+                        _INSERT_PORTS,
                         [
                             {"node_pk": pk, "mac": mac, "pxe_enabled": port.pxe_enabled}
                             for mac, port in zip(macs, node.ports, strict=True)
                         ],
                     )
                 if traits:
-                    conn.execute(insert(_TRAITS), [{"node_pk": pk, "trait": t} for t in traits])
-                conn.execute(insert(_EVENTS).values(_event(req.node_id, "created", "", now)))
+                    conn.execute(_INSERT_TRAITS, [{"node_pk": pk, "trait": t} for t in traits])
+                conn.execute(_INSERT_EVENT, _event(req.node_id, "created", "", now))
             self._on_events()
             lock = dict.fromkeys(
                 ("lock_holder", "lock_purpose", "lock_since", "lock_expires", "power_sync_time")
@@ -306,9 +312,7 @@ class NodeStore:
                     f"a MAC of node {name} was enrolled concurrently elsewhere; read and retry"
                 ) from None
             session.execute(
-                insert(_EVENTS).values(
-                    _event(node_id, "updated", ",".join(sorted(paths)), row.update_time)
-                )
+                _INSERT_EVENT, _event(node_id, "updated", ",".join(sorted(paths)), row.update_time)
             )
             updated = orm_to_node(row, self.cell)
         self._on_events()
@@ -384,7 +388,7 @@ class NodeStore:
             ).rowcount  # type: ignore[attr-defined]
             if deleted != 1:
                 raise EtagMismatch(f"node {req.name} changed while it was being deleted")
-            session.execute(insert(_EVENTS).values(_event(node_id, "deleted", "", self._clock())))
+            session.execute(_INSERT_EVENT, _event(node_id, "deleted", "", self._clock()))
         self._on_events()
 
 
