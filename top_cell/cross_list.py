@@ -5,12 +5,25 @@ its order is total). The top asks every cell of the listing for one page at once
 pages with :func:`heapq.merge` on the same keys, ties between cells broken by (node id, cell),
 and keeps the first ``page_size`` nodes.
 
-The next page token carries **one cursor per cell**: the leaf page token this page was read
-from and how many of that leaf page's nodes have been returned so far (plus the last returned
-node id, to stay put when nodes come and go between pages), or the leaf's own next token once
-the leaf page was used up, or "done". A cell's page that runs out before the merge has its
-``page_size`` nodes while the cell still has more ends the page early: its next node might
-sort before anything else left, so the page is cut there rather than risk a wrong order.
+The next page token carries **one cursor per cell**, which names a *position* in that cell's
+order, never a count, so that nodes deleted or added between pages cannot shift it:
+
+- the leaf's own next page token, once a leaf page was used up;
+- a leaf page token positioned just after the last node returned from the cell, when the page
+  was used in part. Leaves paginate by keyset (their token holds the sort-key values of the
+  node to continue after), so the top writes that token itself and the cell is asked for
+  exactly ``page_size`` nodes again, with no re-reading. It does so only when the leaf's own
+  next token on the same page is, value for value, the one the top would write for that page's
+  last node, so a leaf whose tokens look different (another version) is never sent a guess;
+- otherwise the leaf page token the page was read from plus the sort key (order_by values and
+  node id) of the last node returned: the page is read again and taken from just after that
+  key, wherever it now falls. Only then does the top read ahead, by the number of nodes already
+  returned from that page;
+- or "done".
+
+A cell's page that runs out before the merge has its ``page_size`` nodes while the cell still
+has more ends the page early: its next node might sort before anything else left, so the page
+is cut there rather than risk a wrong order.
 
 The token is opaque and tamper-evident: the cursors are serialised, compressed and sealed with
 Fernet (AES-CBC + HMAC) under the top cell's key, together with a fingerprint of the filter and
@@ -26,18 +39,22 @@ and later pages keep naming it in ``unreachable``; start the listing again to in
 Ordering caveat: the leaf sorts strings in its database's collation (SQLite: binary; PostgreSQL:
 the database collation); the merge compares Python strings (code points). With a non-C
 PostgreSQL collation, strings that differ only in case or punctuation may interleave differently
-across cells than within one; no node is repeated or skipped either way, because each cell's
-nodes are always taken in that cell's own order.
+across cells than within one. Each cell's nodes are still taken in that cell's own order: a
+position written into a leaf token is compared by the leaf's database, and a re-read page is
+resumed at the last returned node itself when it is still there unchanged; only when that node
+was deleted or changed are the remaining nodes placed by comparing keys in Python.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import heapq
 import json
 import zlib
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, TypeAlias
 
 from cryptography.fernet import Fernet, InvalidToken
@@ -56,26 +73,38 @@ __all__ = [
     "LeafLister",
     "PageTokens",
     "SortKey",
+    "SortValue",
     "list_across_cells",
     "merge_pages",
     "query_fingerprint",
     "sort_key",
 ]
 
-_TOKEN_VERSION = 1
+_TOKEN_VERSION = 2
+"""2: cursors hold the last returned node's sort key; 1 held a count, which deletions shift."""
+
+_TIME_FIELDS = frozenset({"create_time", "update_time"})
+
+SortValue: TypeAlias = str | tuple[int, int]
+"""One order_by value of a node as the merge compares it: text, or a time as (seconds, nanos)."""
 
 
 @dataclass(frozen=True)
 class Cursor:
     """Where a cell's part of the listing continues.
 
-    ``token`` is the leaf page token to read ("" = from the start), ``consumed`` how many nodes
-    of that leaf page were already returned, ``last`` the id of the last of them.
+    ``token`` is the leaf page token to read ("" = from the start). When nodes of the leaf page
+    that starts there were returned already, ``last`` is the id of the last of them and
+    ``after`` its other order_by values, in order_by order: together its sort key, after which
+    the page is resumed wherever that key now falls, so that deleting or adding nodes in between
+    cannot make the listing skip or repeat one. ``consumed`` is how many nodes that page held up
+    to and including ``last``; it only says how far to read ahead, never where to resume.
     """
 
     token: str = ""
     consumed: int = 0
     last: str = ""
+    after: tuple[SortValue, ...] = ()
 
 
 DONE: Literal["done"] = "done"
@@ -98,8 +127,29 @@ def query_fingerprint(filter_text: str, order: OrderBy) -> str:
 
 def _encode_cursor(cursor: CellCursor) -> Any:
     if isinstance(cursor, Cursor):
-        return [cursor.token, cursor.consumed, cursor.last]
+        encoded: list[Any] = [cursor.token, cursor.consumed, cursor.last]
+        if cursor.after:
+            encoded.append([list(v) if isinstance(v, tuple) else v for v in cursor.after])
+        return encoded
     return cursor
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _decode_value(raw: Any) -> SortValue:
+    if isinstance(raw, str):
+        return raw
+    if (
+        isinstance(raw, list)
+        and len(raw) == 2
+        and _is_int(raw[0])
+        and _is_int(raw[1])
+        and 0 <= raw[1] < 1_000_000_000
+    ):
+        return (raw[0], raw[1])
+    raise ValueError("bad sort value")
 
 
 def _decode_cursor(raw: Any) -> CellCursor:
@@ -109,14 +159,27 @@ def _decode_cursor(raw: Any) -> CellCursor:
         return DROPPED
     if (
         isinstance(raw, list)
-        and len(raw) == 3
+        and len(raw) in (3, 4)
         and isinstance(raw[0], str)
-        and isinstance(raw[1], int)
+        and _is_int(raw[1])
         and 0 <= raw[1] <= MAX_PAGE_SIZE
         and isinstance(raw[2], str)
     ):
-        return Cursor(raw[0], raw[1], raw[2])
+        after: tuple[SortValue, ...] = ()
+        if len(raw) == 4:
+            if not isinstance(raw[3], list) or not raw[3] or not raw[2]:
+                raise ValueError("bad sort key")
+            after = tuple(_decode_value(v) for v in raw[3])
+        return Cursor(raw[0], raw[1], raw[2], after)
     raise ValueError("bad cursor")
+
+
+def _not_a_token() -> InvalidArgument:
+    return InvalidArgument.field(
+        "page_token",
+        "is not a page token of this listing (edited, or issued before a restart of "
+        "the top cell); start again without it",
+    )
 
 
 class PageTokens:
@@ -152,11 +215,7 @@ class PageTokens:
                 raise ValueError("bad cursors")
             cursors = {str(cell): _decode_cursor(c) for cell, c in cells.items()}
         except (InvalidToken, ValueError, KeyError, TypeError, UnicodeError, zlib.error):
-            raise InvalidArgument.field(
-                "page_token",
-                "is not a page token of this listing (edited, or issued before a restart of "
-                "the top cell); start again without it",
-            ) from None
+            raise _not_a_token() from None
         if fingerprint != query:
             raise InvalidArgument.field(
                 "page_token", "belongs to a different filter or order_by; start again without it"
@@ -167,7 +226,7 @@ class PageTokens:
 # -- sort keys -----------------------------------------------------------------------------------
 
 
-def _field_value(node: node_pb2.Node, field_name: str) -> Any:
+def _field_value(node: node_pb2.Node, field_name: str) -> SortValue:
     # The leaf sorts its stored values: node id, strings, state names without the enum prefix
     # (they are stored as text), and times.
     if field_name == "name":
@@ -178,7 +237,7 @@ def _field_value(node: node_pb2.Node, field_name: str) -> Any:
         return node_pb2.ProvisionState.Name(node.provision_state).removeprefix("PROVISION_STATE_")
     if field_name == "power_state":
         return node_pb2.PowerState.Name(node.power_state).removeprefix("POWER_STATE_")
-    if field_name in ("create_time", "update_time"):
+    if field_name in _TIME_FIELDS:
         stamp = getattr(node, field_name)
         return (stamp.seconds, stamp.nanos)
     raise ValueError(f"cannot sort by {field_name}")
@@ -208,6 +267,157 @@ def sort_key(node: node_pb2.Node, order: OrderBy) -> SortKey:
     )
 
 
+def _node_id(node: node_pb2.Node) -> str:
+    return node.name.rsplit("/", 1)[-1]
+
+
+def _cursor_after(token: str, consumed: int, node: node_pb2.Node, order: OrderBy) -> Cursor:
+    """A cursor that resumes the leaf page at ``token`` just after ``node``."""
+    after = tuple(_field_value(node, k.field) for k in order.keys if k.field != "name")
+    return Cursor(token, consumed, _node_id(node), after)
+
+
+def _position(cursor: Cursor, order: OrderBy) -> SortKey | None:
+    """The sort key ``cursor`` resumes after (None: from the start of its leaf page).
+
+    The cursor was sealed under this query's fingerprint, so a key that does not fit the
+    order_by means a token this top did not write: refused like any other bad token.
+    """
+    if not cursor.last:
+        if cursor.after or cursor.consumed:
+            raise _not_a_token()
+        return None
+    others = [k for k in order.keys if k.field != "name"]
+    if len(cursor.after) != len(others):
+        raise _not_a_token()
+    for key, value in zip(others, cursor.after, strict=True):
+        if isinstance(value, tuple) != (key.field in _TIME_FIELDS):
+            raise _not_a_token()
+    values = iter(cursor.after)
+    return SortKey(
+        tuple(cursor.last if k.field == "name" else next(values) for k in order.keys),
+        tuple(k.desc for k in order.keys),
+    )
+
+
+def _skip_count(cursor: Cursor, nodes: Sequence[node_pb2.Node], order: OrderBy) -> int:
+    """How many nodes at the start of a re-read leaf page were returned before (or were added
+    since before the cursor's position, which would be out of order now).
+
+    The last returned node, found by id with the sort key it had, marks the spot exactly, in the
+    leaf's own order whatever the collations. If it was deleted or changed since, the spot is
+    where its sort key would be: every node up to it is skipped, none after it. A count would
+    shift by one for each node deleted or added in between.
+    """
+    position = _position(cursor, order)
+    if position is None:
+        return 0
+    for i, node in enumerate(nodes):
+        if _node_id(node) == cursor.last:
+            if sort_key(node, order) == position:
+                return i + 1
+            break
+    skip = 0
+    for node in nodes:
+        if position < sort_key(node, order):
+            break
+        skip += 1
+    return skip
+
+
+# -- the leaves' keyset page tokens --------------------------------------------------------------
+#
+# A leaf's page token is base64url (unpadded) of {"q": <query fingerprint>, "after": [<the sort
+# values, as text, of the node to continue after>]}. The top writes such a token only for a leaf
+# that has just shown, on the same page, that it writes the same values the top would; any other
+# leaf is resumed from a token it issued itself.
+
+Seeker: TypeAlias = Callable[[node_pb2.Node], str | None]
+"""Writes a leaf page token that continues just after a node of that leaf (None if it cannot)."""
+
+
+def _leaf_query(filter_text: str, order: OrderBy) -> str:
+    digest = hashlib.sha256(f"{filter_text.strip()}\n{order.canonical()}".encode()).digest()
+    return base64.urlsafe_b64encode(digest[:9]).decode()
+
+
+def _leaf_time(value: SortValue) -> datetime | None:
+    if not isinstance(value, tuple) or value[1] % 1000:
+        return None  # the leaf stores microseconds; anything finer is not one of its times
+    return datetime.fromtimestamp(value[0], UTC) + timedelta(microseconds=value[1] // 1000)
+
+
+def _leaf_values(node: node_pb2.Node, order: OrderBy) -> list[str] | None:
+    """The values a leaf puts in its page token for ``node`` (times as ISO 8601)."""
+    values: list[str] = []
+    for key in order.keys:
+        value = _field_value(node, key.field)
+        if key.field in _TIME_FIELDS:
+            when = _leaf_time(value)
+            if when is None:
+                return None
+            values.append(when.isoformat())
+        elif isinstance(value, str):
+            values.append(value)
+        else:
+            return None
+    return values
+
+
+def _decode_leaf_token(token: str) -> dict[str, Any] | None:
+    try:
+        padded = token + "=" * (-len(token) % 4)
+        payload = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
+    except (ValueError, TypeError, UnicodeError):
+        return None
+    return payload if isinstance(payload, dict) else None
+
+
+def _same_values(theirs: Any, ours: list[str], order: OrderBy) -> bool:
+    if not isinstance(theirs, list) or len(theirs) != len(ours):
+        return False
+    for key, their, our in zip(order.keys, theirs, ours, strict=True):
+        if not isinstance(their, str):
+            return False
+        if key.field in _TIME_FIELDS:
+            try:
+                if datetime.fromisoformat(their) != datetime.fromisoformat(our):
+                    return False
+            except (TypeError, ValueError):
+                return False
+        elif their != our:
+            return False
+    return True
+
+
+def _seeker(
+    filter_text: str,
+    order: OrderBy,
+    nodes: Sequence[node_pb2.Node],
+    next_token: str,
+) -> Seeker | None:
+    """A writer of this leaf's page tokens, if its ``next_token`` after the page's last node is
+    the token the top would write for that node (same query, same values); else None."""
+    if not next_token or not nodes:
+        return None
+    query = _leaf_query(filter_text, order)
+    payload = _decode_leaf_token(next_token)
+    ours = _leaf_values(nodes[-1], order)
+    if payload is None or ours is None or payload.get("q") != query:
+        return None
+    if not _same_values(payload.get("after"), ours, order):
+        return None
+
+    def seek(node: node_pb2.Node) -> str | None:
+        values = _leaf_values(node, order)
+        if values is None:
+            return None
+        text = json.dumps({"q": query, "after": values}, separators=(",", ":"))
+        return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+    return seek
+
+
 # -- merging -------------------------------------------------------------------------------------
 
 
@@ -216,13 +426,15 @@ class CellPage:
     """What one cell returned for this page.
 
     ``cursor`` is the cursor the page was read with, ``nodes`` the leaf page, ``skip`` how many
-    of them were returned on earlier pages, ``next_token`` the leaf's next page token.
+    of them were returned on earlier pages, ``next_token`` the leaf's next page token, ``seek``
+    a writer of this leaf's page tokens when the top can write them.
     """
 
     cursor: Cursor
     nodes: Sequence[node_pb2.Node]
     next_token: str
     skip: int = 0
+    seek: Seeker | None = None
     fresh: list[node_pb2.Node] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -252,8 +464,19 @@ def _entries(cell: str, page: CellPage, order: OrderBy) -> Iterator[_Entry]:
         yield _Entry(key, cell, True, None)
 
 
-def _node_id(node: node_pb2.Node) -> str:
-    return node.name.rsplit("/", 1)[-1]
+def _next_cursor(page: CellPage, used: int, order: OrderBy) -> CellCursor:
+    """Where the cell continues after ``used`` of its fresh nodes went into this page."""
+    if used == len(page.fresh):
+        return Cursor(page.next_token) if page.next_token else DONE
+    if used == 0:
+        # Nothing of this cell on this page: same position, read-ahead brought up to date.
+        old = page.cursor
+        return Cursor(old.token, page.skip, old.last, old.after)
+    last = page.fresh[used - 1]
+    token = page.seek(last) if page.seek is not None else None
+    if token:
+        return Cursor(token)
+    return _cursor_after(page.cursor.token, page.skip + used, last, order)
 
 
 def merge_pages(
@@ -270,35 +493,8 @@ def merge_pages(
         assert entry.node is not None
         merged.append(entry.node)
         taken[entry.cell] += 1
-    cursors: dict[str, CellCursor] = {}
-    for cell, page in pages.items():
-        used = taken[cell]
-        if used < len(page.fresh):
-            returned = page.skip + used
-            last = _node_id(page.nodes[returned - 1]) if returned else ""
-            cursors[cell] = Cursor(page.cursor.token, returned, last)
-        elif page.next_token:
-            cursors[cell] = Cursor(page.next_token)
-        else:
-            cursors[cell] = DONE
+    cursors = {cell: _next_cursor(page, taken[cell], order) for cell, page in pages.items()}
     return merged, cursors
-
-
-def _skip_count(cursor: Cursor, nodes: Sequence[node_pb2.Node]) -> int:
-    """How many nodes at the start of a re-read leaf page were returned before.
-
-    Normally ``cursor.consumed``; if nodes were added or removed in that part of the leaf page
-    since, the last returned node is looked up by id instead, so that nothing repeats.
-    """
-    k = cursor.consumed
-    if k == 0:
-        return 0
-    if k <= len(nodes) and _node_id(nodes[k - 1]) == cursor.last:
-        return k
-    for i, node in enumerate(nodes):
-        if _node_id(node) == cursor.last:
-            return i + 1
-    return min(k, len(nodes))
 
 
 # -- the call ------------------------------------------------------------------------------------
@@ -322,7 +518,7 @@ async def list_across_cells(
 
     ``cells`` gives the cells of a new listing (later pages use the cells in the token),
     ``reachable`` says which are worth asking, ``lister`` asks one, ``timeout`` bounds each.
-    Input is validated before any cell is asked.
+    Input, the token's cursors included, is validated before any cell is asked.
     """
     size = page_size(request.page_size)
     parse_filter(request.filter)
@@ -332,6 +528,9 @@ async def list_across_cells(
         cursors = tokens.open(request.page_token, query)
     else:
         cursors = {cell: Cursor() for cell in cells()}
+    for cursor in cursors.values():
+        if isinstance(cursor, Cursor):
+            _position(cursor, order)
     unreachable: set[str] = set()
     active: dict[str, Cursor] = {}
     for cell, cursor in cursors.items():
@@ -342,6 +541,8 @@ async def list_across_cells(
             active[cell] = cursor
 
     def leaf_request(cell: str) -> node_service_pb2.ListNodesRequest:
+        # A cursor that resumes inside a leaf page reads the nodes returned from it again
+        # (``consumed``); one at a leaf token, the usual case, reads exactly ``size``.
         cursor = active[cell]
         return node_service_pb2.ListNodesRequest(
             parent=f"cells/{cell}",
@@ -359,8 +560,13 @@ async def list_across_cells(
         if isinstance(result, Ok):
             cursor = active[cell]
             nodes = list(result.value.nodes)
+            next_token = result.value.next_page_token
             pages[cell] = CellPage(
-                cursor, nodes, result.value.next_page_token, _skip_count(cursor, nodes)
+                cursor,
+                nodes,
+                next_token,
+                _skip_count(cursor, nodes, order),
+                _seeker(request.filter, order, nodes, next_token),
             )
         else:
             cursors[cell] = DROPPED

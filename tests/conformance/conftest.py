@@ -81,16 +81,9 @@ def black_hole_bmc() -> Iterator[BlackHoleBmc]:
     bmc.close()
 
 
-# Known differences, each a bug with a failing test. Strict: once fixed, the unexpected pass
-# fails the suite, and the entry must be removed.
-_CURSOR = (
-    "top_cell/cross_list.py skips by count when the node a cell returned last was deleted; "
-    "the cursor should resume after that cell's last sort key"
-)
-KNOWN_BUGS = {
-    "test_a_merged_listing_loses_no_node_when_the_last_one_returned_is_deleted[a]": _CURSOR,
-    "test_a_merged_listing_loses_no_node_when_the_last_one_returned_is_deleted[b]": _CURSOR,
-}
+# Known differences between the top and a leaf, each a bug with a failing test, by test id.
+# Strict: once fixed, the unexpected pass fails the suite, and the entry must be removed.
+KNOWN_BUGS: dict[str, str] = {}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
