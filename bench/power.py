@@ -142,7 +142,9 @@ async def _sweeps(config: LeafConfig, rack: SimRack, unreachable: int) -> list[S
     # Bench set-up: mark the rack managed directly (verifying it would log in to every BMC and
     # so spoil the measurement of the first sweep's logins).
     with engine.begin() as conn:
-        conn.execute(update(NodeRow).values(provision_state="MANAGEABLE"))
+        conn.execute(
+            update(NodeRow).values(provision_state="MANAGEABLE", revision=NodeRow.revision + 1)
+        )
     sync = PowerSync(conductor)
     results = [await sync.sweep(), await sync.sweep()]
     control = SimControl(rack.control_url)

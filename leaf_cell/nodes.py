@@ -32,6 +32,7 @@ from common.node_checks import check_create_request, check_update_request
 from leaf_cell import queries
 from leaf_cell.convert import etag_of, orm_to_node, row_to_node
 from leaf_cell.db.models import EventRow, NodeRow, PortRow, TraitRow
+from leaf_cell.node_wire import VERSION_COLUMNS, NodeWireCache, list_response
 from leaf_cell.secrets import SecretBox
 from leaf_cell.states import DELETABLE, INITIAL, State
 from rackcells.v1 import node_pb2, node_service_pb2
@@ -85,6 +86,7 @@ class NodeStore:
         self._sessions = sessionmaker(engine, expire_on_commit=False)
         self._secrets = secrets
         self._clock = clock
+        self._wire = NodeWireCache()
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -142,9 +144,18 @@ class NodeStore:
         )
         return expires > self._clock()
 
-    def _fetch(self, conn: Connection, stmt: Any) -> list[node_pb2.Node]:
-        """Nodes for a Core select over ``nodes``, in its order."""
-        return self._hydrate(conn, conn.execute(stmt).all())
+    def _serialize(self, conn: Connection, pks: Any) -> dict[int, bytes]:
+        """Builds, caches and returns the wire form of the nodes with these ids.
+
+        ``pks`` is a list of ids or a subquery selecting them (see :meth:`_hydrate`). Nodes
+        deleted since their ids were read are simply absent.
+        """
+        rows = conn.execute(select(_NODES).where(_NODES.c.id.in_(pks))).all()
+        out: dict[int, bytes] = {}
+        for row, node in zip(rows, self._hydrate(conn, rows, pks), strict=True):
+            out[row.id] = data = node.SerializeToString()
+            self._wire.put(row, data)
+        return out
 
     def _hydrate(
         self, conn: Connection, rows: Sequence[Any], pks: Any = None
@@ -233,12 +244,14 @@ class NodeStore:
                 ("lock_holder", "lock_purpose", "lock_since", "lock_expires", "power_sync_time")
             )
             created = SimpleNamespace(id=pk, last_deploy=None, **values, **lock)
-            return row_to_node(
+            result = row_to_node(
                 created,
                 [(mac, port.pxe_enabled) for mac, port in zip(macs, node.ports, strict=True)],
                 traits,
                 self.cell,
             )
+            self._wire.put(created, result.SerializeToString())
+            return result
         except IntegrityError:
             pass
         with self._sessions() as session:
@@ -250,37 +263,61 @@ class NodeStore:
         )
 
     def get(self, name: str) -> node_pb2.Node:
+        return node_pb2.Node.FromString(self.get_wire(name))
+
+    def get_wire(self, name: str) -> bytes:
+        """GetNode's answer, serialized; read from the cache unless the node changed."""
         node_id = self._node_id(name)
         with self._engine.connect() as conn:
-            found = self._fetch(conn, select(_NODES).where(_NODES.c.node_id == node_id))
-        if not found:
+            key = conn.execute(
+                select(*VERSION_COLUMNS).where(_NODES.c.node_id == node_id)
+            ).one_or_none()
+            data = None
+            if key is not None:
+                data = self._wire.get(key) or self._serialize(conn, [key.id]).get(key.id)
+        if data is None:
             raise NotFound(f"node {name} not found")
-        return found[0]
+        return data
 
     def list_nodes(
         self, req: node_service_pb2.ListNodesRequest
     ) -> node_service_pb2.ListNodesResponse:
+        return node_service_pb2.ListNodesResponse.FromString(self.list_wire(req))
+
+    def list_wire(self, req: node_service_pb2.ListNodesRequest) -> bytes:
+        """ListNodes' answer, serialized.
+
+        The page is chosen on the version and sort columns only; nodes whose cached bytes
+        still match are not read again, the rest are built in one pass and cached.
+        """
         # cells/- (AIP-159) lists every cell the server knows; a leaf knows only its own.
         self._own_cell(req.parent, allow_all=True)
         size = page_size(req.page_size)
         flt = parse_filter(req.filter)
         order = parse_order_by(req.order_by)
-        stmt = queries.apply_filter(select(_NODES), flt)
+        stmt = queries.apply_filter(select(*VERSION_COLUMNS, *queries.order_columns(order)), flt)
         if req.page_token:
             after = queries.decode_token(req.page_token, req.filter, order)
             stmt = stmt.where(queries.seek_after(order, after))
         stmt = queries.apply_order(stmt, order).limit(size + 1)
         with self._engine.connect() as conn:
             rows = conn.execute(stmt).all()
-            page_ids = stmt.with_only_columns(_NODES.c.id).limit(size).scalar_subquery()
-            response = node_service_pb2.ListNodesResponse(
-                nodes=self._hydrate(conn, rows[:size], page_ids)
-            )
+            page = rows[:size]
+            found = {row.id: self._wire.get(row) for row in page}
+            missing = [pk for pk, data in found.items() if data is None]
+            if len(missing) == len(page) > 100:
+                # A cold page: a 1,000-value IN list costs more to render than to run.
+                found.update(
+                    self._serialize(
+                        conn, stmt.with_only_columns(_NODES.c.id).limit(size).scalar_subquery()
+                    )
+                )
+            elif missing:
+                found.update(self._serialize(conn, missing))
+        token = ""
         if len(rows) > size:
-            response.next_page_token = queries.encode_token(
-                req.filter, order, queries.sort_values(rows[size - 1], order)
-            )
-        return response
+            token = queries.encode_token(req.filter, order, queries.sort_values(rows[-2], order))
+        return list_response([d for d in (found[row.id] for row in page) if d is not None], token)
 
     def update(self, req: node_service_pb2.UpdateNodeRequest) -> node_pb2.Node:
         name = req.node.name
@@ -389,6 +426,7 @@ class NodeStore:
             if deleted != 1:
                 raise EtagMismatch(f"node {req.name} changed while it was being deleted")
             session.execute(_INSERT_EVENT, _event(node_id, "deleted", "", self._clock()))
+        self._wire.forget([row.id])
         self._on_events()
 
 

@@ -19,7 +19,14 @@ from common.errors import InvalidArgument
 from common.listing import Condition, Filter, OrderBy
 from leaf_cell.db.models import NodeRow, PortRow, TraitRow
 
-__all__ = ["apply_filter", "apply_order", "decode_token", "encode_token", "seek_after"]
+__all__ = [
+    "apply_filter",
+    "apply_order",
+    "decode_token",
+    "encode_token",
+    "order_columns",
+    "seek_after",
+]
 
 _COLUMNS: dict[str, Any] = {
     "name": NodeRow.node_id,
@@ -55,6 +62,11 @@ def apply_order(stmt: Select[Any], order: OrderBy) -> Select[Any]:
     return stmt.order_by(
         *(_COLUMNS[k.field].desc() if k.desc else _COLUMNS[k.field].asc() for k in order.keys)
     )
+
+
+def order_columns(order: OrderBy) -> list[Any]:
+    """The columns :func:`sort_values` reads, for a select that reads no others."""
+    return list({id(c): c for c in (_COLUMNS[k.field] for k in order.keys)}.values())
 
 
 def sort_values(row: Any, order: OrderBy) -> list[Any]:

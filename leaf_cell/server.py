@@ -8,6 +8,7 @@ import signal
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 from importlib.metadata import version
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from common.server import (
     parse_hostport,
 )
 from common.telemetry import setup_telemetry
+from common.wire import add_servicer
 from leaf_cell.agent_servicer import AgentServicer
 from leaf_cell.allocations import AllocationStore
 from leaf_cell.boot_http import BootHttpServer
@@ -154,7 +156,7 @@ async def start(config: LeafConfig) -> LeafServer:
         ServiceBinding(
             NODE_SERVICE,
             NodeServicer(conductor, deploys, bus),
-            node_service_pb2_grpc.add_NodeServiceServicer_to_server,
+            partial(add_servicer, node_service_pb2_grpc.add_NodeServiceServicer_to_server),
         ),
         ServiceBinding(
             OPERATIONS_SERVICE,

@@ -41,15 +41,16 @@ class NodeServicer(node_service_pb2_grpc.NodeServiceServicer):
     ) -> node_pb2.Node:
         return await self._c.db(self._store.create, request)
 
-    async def GetNode(
+    # Reads answer in wire form (see leaf_cell.node_wire; registered with common.wire).
+    async def GetNode(  # type: ignore[override]
         self, request: node_service_pb2.GetNodeRequest, context: Ctx
-    ) -> node_pb2.Node:
-        return await self._c.db(self._store.get, request.name)
+    ) -> bytes:
+        return await self._c.db(self._store.get_wire, request.name)
 
-    async def ListNodes(
+    async def ListNodes(  # type: ignore[override]
         self, request: node_service_pb2.ListNodesRequest, context: Ctx
-    ) -> node_service_pb2.ListNodesResponse:
-        return await self._c.db(self._store.list_nodes, request)
+    ) -> bytes:
+        return await self._c.db(self._store.list_wire, request)
 
     async def UpdateNode(
         self, request: node_service_pb2.UpdateNodeRequest, context: Ctx
