@@ -15,6 +15,7 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import grpc
@@ -31,6 +32,7 @@ from common.server import (
     mark_serving,
 )
 from common.telemetry import setup_telemetry
+from common.wire import add_servicer
 from rackcells.v1 import (
     allocation_service_pb2,
     allocation_service_pb2_grpc,
@@ -164,7 +166,7 @@ async def start(config: TopConfig, parts: TopParts | None = None) -> TopServer:
                 tokens=PageTokens(key),
                 fanout_timeout=config.fanout_timeout,
             ),
-            node_service_pb2_grpc.add_NodeServiceServicer_to_server,
+            partial(add_servicer, node_service_pb2_grpc.add_NodeServiceServicer_to_server),
         ),
         ServiceBinding(
             OPERATIONS_SERVICE,
