@@ -3,20 +3,18 @@
 Pages are cut with keyset (seek) pagination, not OFFSET: the page token carries the sort-key
 values of the last node returned and the next page starts strictly after them. Page N costs the
 same as page 1, and nodes enrolled or deleted between pages neither repeat nor shift the rest.
+The token format is :mod:`common.page_tokens`, shared with the top cell, which writes these
+tokens itself to resume a leaf in the middle of a page.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import json
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, Select, and_, exists, false, or_
 
-from common.errors import InvalidArgument
 from common.listing import Condition, Filter, OrderBy
+from common.page_tokens import decode_token, encode_token, token_value, typed_values
 from leaf_cell.db.models import NodeRow, PortRow, TraitRow
 
 __all__ = [
@@ -26,6 +24,7 @@ __all__ = [
     "encode_token",
     "order_columns",
     "seek_after",
+    "sort_values",
 ]
 
 _COLUMNS: dict[str, Any] = {
@@ -38,7 +37,6 @@ _COLUMNS: dict[str, Any] = {
     "maintenance": NodeRow.maintenance,
     "uid": NodeRow.uid,
 }
-_TIME_FIELDS = {"create_time", "update_time"}
 
 
 def _condition(cond: Condition) -> ColumnElement[bool]:
@@ -70,65 +68,19 @@ def order_columns(order: OrderBy) -> list[Any]:
 
 
 def sort_values(row: Any, order: OrderBy) -> list[Any]:
-    """The row's sort-key values in JSON-safe form, for the next page token."""
-    values: list[Any] = []
-    for key in order.keys:
-        value = getattr(row, "node_id" if key.field == "name" else key.field)
-        if isinstance(value, datetime):
-            value = (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
-        values.append(value)
-    return values
+    """The row's sort-key values in token form, for the next page token."""
+    return [
+        token_value(getattr(row, "node_id" if k.field == "name" else k.field)) for k in order.keys
+    ]
 
 
 def seek_after(order: OrderBy, values: list[Any]) -> ColumnElement[bool]:
     """Rows strictly after ``values`` in ``order``: (k1 > v1) OR (k1 = v1 AND k2 > v2) …"""
     clauses: list[ColumnElement[bool]] = []
     prefix: list[ColumnElement[bool]] = []
-    for key, raw in zip(order.keys, values, strict=True):
+    for key, value in zip(order.keys, typed_values(order, values), strict=True):
         column = _COLUMNS[key.field]
-        value = datetime.fromisoformat(raw) if key.field in _TIME_FIELDS else raw
         step = column < value if key.desc else column > value
         clauses.append(and_(*prefix, step) if prefix else step)
         prefix.append(column == value)
     return or_(*clauses) if clauses else false()
-
-
-def _fingerprint(flt_text: str, order: OrderBy) -> str:
-    digest = hashlib.sha256(f"{flt_text.strip()}\n{order.canonical()}".encode()).digest()
-    return base64.urlsafe_b64encode(digest[:9]).decode()
-
-
-def encode_token(flt_text: str, order: OrderBy, values: list[Any]) -> str:
-    """An opaque token naming the last row of a page and the query it belongs to."""
-    payload = json.dumps(
-        {"q": _fingerprint(flt_text, order), "after": values}, separators=(",", ":")
-    )
-    return base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
-
-
-def decode_token(token: str, flt_text: str, order: OrderBy) -> list[Any]:
-    """The sort-key values inside ``token``; INVALID_ARGUMENT if it is foreign or corrupt."""
-    try:
-        padded = token + "=" * (-len(token) % 4)
-        payload = json.loads(base64.urlsafe_b64decode(padded.encode()))
-        values = payload["after"]
-        query = payload["q"]
-    except (ValueError, KeyError, TypeError):
-        raise InvalidArgument.field("page_token", "is not a token this cell issued") from None
-    if query != _fingerprint(flt_text, order):
-        raise InvalidArgument.field(
-            "page_token", "belongs to a different filter or order_by; start again without it"
-        )
-    if not isinstance(values, list) or len(values) != len(order.keys):
-        raise InvalidArgument.field("page_token", "is not a token this cell issued")
-    for key, value in zip(order.keys, values, strict=True):
-        if not isinstance(value, str):
-            raise InvalidArgument.field("page_token", "is not a token this cell issued")
-        if key.field in _TIME_FIELDS:
-            try:
-                datetime.fromisoformat(value)
-            except ValueError:
-                raise InvalidArgument.field(
-                    "page_token", "is not a token this cell issued"
-                ) from None
-    return values

@@ -10,11 +10,11 @@ order, never a count, so that nodes deleted or added between pages cannot shift 
 
 - the leaf's own next page token, once a leaf page was used up;
 - a leaf page token positioned just after the last node returned from the cell, when the page
-  was used in part. Leaves paginate by keyset (their token holds the sort-key values of the
-  node to continue after), so the top writes that token itself and the cell is asked for
-  exactly ``page_size`` nodes again, with no re-reading. It does so only when the leaf's own
-  next token on the same page is, value for value, the one the top would write for that page's
-  last node, so a leaf whose tokens look different (another version) is never sent a guess;
+  was used in part. Leaves paginate by keyset (:mod:`common.page_tokens`: the token holds the
+  sort-key values of the node to continue after), so the top writes that token itself and the
+  cell is asked for exactly ``page_size`` nodes again, with no re-reading. It does so only when
+  the leaf's own next token on the same page decodes, for this query, to that page's last node,
+  so a leaf whose tokens look different (another version) is never sent a guess;
 - otherwise the leaf page token the page was read from plus the sort key (order_by values and
   node id) of the last node returned: the page is read again and taken from just after that
   key, wherever it now falls. Only then does the top read ahead, by the number of nodes already
@@ -47,20 +47,26 @@ was deleted or changed are the remaining nodes placed by comparing keys in Pytho
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import heapq
 import json
 import zlib
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, TypeAlias
 
 from cryptography.fernet import Fernet, InvalidToken
 
 from common.errors import InvalidArgument
 from common.listing import MAX_PAGE_SIZE, OrderBy, page_size, parse_filter, parse_order_by
+from common.page_tokens import (
+    TIME_FIELDS,
+    decode_token,
+    encode_token,
+    node_token_values,
+    node_value,
+    typed_values,
+)
 from rackcells.v1 import node_pb2, node_service_pb2
 from top_cell.fanout import Ok, scatter_gather
 
@@ -82,8 +88,6 @@ __all__ = [
 
 _TOKEN_VERSION = 2
 """2: cursors hold the last returned node's sort key; 1 held a count, which deletions shift."""
-
-_TIME_FIELDS = frozenset({"create_time", "update_time"})
 
 SortValue: TypeAlias = str | tuple[int, int]
 """One order_by value of a node as the merge compares it: text, or a time as (seconds, nanos)."""
@@ -227,20 +231,9 @@ class PageTokens:
 
 
 def _field_value(node: node_pb2.Node, field_name: str) -> SortValue:
-    # The leaf sorts its stored values: node id, strings, state names without the enum prefix
-    # (they are stored as text), and times.
-    if field_name == "name":
-        return node.name.rsplit("/", 1)[-1]
-    if field_name == "resource_class":
-        return node.resource_class
-    if field_name == "provision_state":
-        return node_pb2.ProvisionState.Name(node.provision_state).removeprefix("PROVISION_STATE_")
-    if field_name == "power_state":
-        return node_pb2.PowerState.Name(node.power_state).removeprefix("POWER_STATE_")
-    if field_name in _TIME_FIELDS:
-        stamp = getattr(node, field_name)
-        return (stamp.seconds, stamp.nanos)
-    raise ValueError(f"cannot sort by {field_name}")
+    # The value the leaf sorts by; times keep the message's nanoseconds.
+    value = node_value(node, field_name)
+    return value if isinstance(value, str) else (value.seconds, value.nanos)
 
 
 @dataclass(frozen=True)
@@ -291,7 +284,7 @@ def _position(cursor: Cursor, order: OrderBy) -> SortKey | None:
     if len(cursor.after) != len(others):
         raise _not_a_token()
     for key, value in zip(others, cursor.after, strict=True):
-        if isinstance(value, tuple) != (key.field in _TIME_FIELDS):
+        if isinstance(value, tuple) != (key.field in TIME_FIELDS):
             raise _not_a_token()
     values = iter(cursor.after)
     return SortKey(
@@ -326,68 +319,9 @@ def _skip_count(cursor: Cursor, nodes: Sequence[node_pb2.Node], order: OrderBy) 
 
 
 # -- the leaves' keyset page tokens --------------------------------------------------------------
-#
-# A leaf's page token is base64url (unpadded) of {"q": <query fingerprint>, "after": [<the sort
-# values, as text, of the node to continue after>]}. The top writes such a token only for a leaf
-# that has just shown, on the same page, that it writes the same values the top would; any other
-# leaf is resumed from a token it issued itself.
 
 Seeker: TypeAlias = Callable[[node_pb2.Node], str | None]
 """Writes a leaf page token that continues just after a node of that leaf (None if it cannot)."""
-
-
-def _leaf_query(filter_text: str, order: OrderBy) -> str:
-    digest = hashlib.sha256(f"{filter_text.strip()}\n{order.canonical()}".encode()).digest()
-    return base64.urlsafe_b64encode(digest[:9]).decode()
-
-
-def _leaf_time(value: SortValue) -> datetime | None:
-    if not isinstance(value, tuple) or value[1] % 1000:
-        return None  # the leaf stores microseconds; anything finer is not one of its times
-    return datetime.fromtimestamp(value[0], UTC) + timedelta(microseconds=value[1] // 1000)
-
-
-def _leaf_values(node: node_pb2.Node, order: OrderBy) -> list[str] | None:
-    """The values a leaf puts in its page token for ``node`` (times as ISO 8601)."""
-    values: list[str] = []
-    for key in order.keys:
-        value = _field_value(node, key.field)
-        if key.field in _TIME_FIELDS:
-            when = _leaf_time(value)
-            if when is None:
-                return None
-            values.append(when.isoformat())
-        elif isinstance(value, str):
-            values.append(value)
-        else:
-            return None
-    return values
-
-
-def _decode_leaf_token(token: str) -> dict[str, Any] | None:
-    try:
-        padded = token + "=" * (-len(token) % 4)
-        payload = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
-    except (ValueError, TypeError, UnicodeError):
-        return None
-    return payload if isinstance(payload, dict) else None
-
-
-def _same_values(theirs: Any, ours: list[str], order: OrderBy) -> bool:
-    if not isinstance(theirs, list) or len(theirs) != len(ours):
-        return False
-    for key, their, our in zip(order.keys, theirs, ours, strict=True):
-        if not isinstance(their, str):
-            return False
-        if key.field in _TIME_FIELDS:
-            try:
-                if datetime.fromisoformat(their) != datetime.fromisoformat(our):
-                    return False
-            except (TypeError, ValueError):
-                return False
-        elif their != our:
-            return False
-    return True
 
 
 def _seeker(
@@ -397,23 +331,24 @@ def _seeker(
     next_token: str,
 ) -> Seeker | None:
     """A writer of this leaf's page tokens, if its ``next_token`` after the page's last node is
-    the token the top would write for that node (same query, same values); else None."""
+    a token of :mod:`common.page_tokens` for this query holding that node's values; else None.
+    A leaf's own token is the only evidence of its format: another version, or another kind of
+    leaf, must not be sent a token the top wrote."""
     if not next_token or not nodes:
         return None
-    query = _leaf_query(filter_text, order)
-    payload = _decode_leaf_token(next_token)
-    ours = _leaf_values(nodes[-1], order)
-    if payload is None or ours is None or payload.get("q") != query:
+    ours = node_token_values(nodes[-1], order)
+    if ours is None:
         return None
-    if not _same_values(payload.get("after"), ours, order):
+    try:
+        theirs = decode_token(next_token, filter_text, order)
+    except InvalidArgument:
+        return None
+    if typed_values(order, theirs) != typed_values(order, ours):
         return None
 
     def seek(node: node_pb2.Node) -> str | None:
-        values = _leaf_values(node, order)
-        if values is None:
-            return None
-        text = json.dumps({"q": query, "after": values}, separators=(",", ":"))
-        return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+        values = node_token_values(node, order)
+        return None if values is None else encode_token(filter_text, order, values)
 
     return seek
 

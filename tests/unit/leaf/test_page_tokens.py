@@ -1,4 +1,5 @@
-"""leaf_cell.queries: opaque page tokens and keyset paging, against an in-memory SQLite DB."""
+"""leaf_cell.queries: opaque page tokens and keyset paging, against an in-memory SQLite DB; the
+values the leaf writes for a row are those the top computes from the row's API message."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from sqlalchemy.orm import Session
 
 from common.errors import InvalidArgument
 from common.listing import parse_filter, parse_order_by
+from common.page_tokens import node_token_values
 from leaf_cell import queries
+from leaf_cell.convert import orm_to_node
 from leaf_cell.db.models import Base, NodeRow, TraitRow
 
 
@@ -194,3 +197,24 @@ def test_trait_filters_select_by_presence_and_absence(
     engine: Engine, filter_text: str, expected: list[str]
 ) -> None:
     assert page_through(engine, filter_text, "", 2) == expected
+
+
+@pytest.mark.parametrize(
+    "order_by",
+    [
+        "",
+        "resource_class desc",
+        "provision_state, power_state desc, create_time",
+        "update_time desc, name desc",
+    ],
+)
+def test_a_rows_token_values_are_those_of_its_api_node(engine: Engine, order_by: str) -> None:
+    """The top writes a leaf's tokens from the nodes it listed (``node_token_values``); they
+    must be the values the leaf writes from its rows, byte for byte."""
+    order = parse_order_by(order_by)
+    with Session(engine) as session:
+        rows = list(session.scalars(select(NodeRow)))
+        assert rows
+        for row in rows:
+            node = orm_to_node(row, "rack-1")
+            assert node_token_values(node, order) == queries.sort_values(row, order)

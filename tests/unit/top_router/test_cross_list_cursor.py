@@ -22,9 +22,9 @@ from cryptography.fernet import Fernet
 from google.protobuf import timestamp_pb2
 from top_router_fakes import FakeLeaf, compare, global_order, make_node, matches, random_node
 
+from common import page_tokens
 from common.errors import InvalidArgument, Unavailable
 from common.listing import OrderBy, parse_order_by
-from leaf_cell import queries
 from rackcells.v1 import node_pb2, node_service_pb2
 from top_cell import cross_list
 from top_cell.cross_list import (
@@ -67,8 +67,7 @@ def _leaf_value(node: node_pb2.Node, field_name: str) -> Any:
 
 
 def _token_values(node: node_pb2.Node, order: OrderBy) -> list[str]:
-    values = [_leaf_value(node, k.field) for k in order.keys]
-    return [v.isoformat() if isinstance(v, datetime) else v for v in values]
+    return [page_tokens.token_value(_leaf_value(node, k.field)) for k in order.keys]
 
 
 def _after(node: node_pb2.Node, values: list[str], order: OrderBy) -> bool:
@@ -81,7 +80,7 @@ def _after(node: node_pb2.Node, values: list[str], order: OrderBy) -> bool:
 
 
 class KeysetLeaf(FakeLeaf):
-    """A fake leaf with the real leaf's page tokens (:mod:`leaf_cell.queries`): the sort values
+    """A fake leaf with the real leaf's page tokens (:mod:`common.page_tokens`): the sort values
     of the node to continue after, bound to the query. Tokens the top writes must decode."""
 
     def list_nodes(
@@ -96,12 +95,12 @@ class KeysetLeaf(FakeLeaf):
             key=functools.cmp_to_key(functools.partial(compare, order=order)),
         )
         if req.page_token:
-            after = queries.decode_token(req.page_token, req.filter, order)
+            after = page_tokens.decode_token(req.page_token, req.filter, order)
             ordered = [n for n in ordered if _after(n, after, order)]
         size = req.page_size or 100
         response = node_service_pb2.ListNodesResponse(nodes=ordered[:size])
         if len(ordered) > size:
-            response.next_page_token = queries.encode_token(
+            response.next_page_token = page_tokens.encode_token(
                 req.filter, order, _token_values(ordered[size - 1], order)
             )
         return response
@@ -372,22 +371,40 @@ def test_a_partly_used_page_of_a_keyset_leaf_leaves_a_leaf_token_after_the_last_
     assert [n.name.rsplit("/", 1)[1] for n in merged] == ["b", "c", "d"]
     resumed = cursors["rack-1"]
     assert isinstance(resumed, Cursor) and resumed.consumed == 0 and not resumed.last
-    assert queries.decode_token(resumed.token, "", order) == ["d"]
+    assert page_tokens.decode_token(resumed.token, "", order) == ["d"]
     assert cursors["rack-2"] == Cursor("", 1, "c")
 
 
 def test_a_leaf_token_for_another_query_or_other_values_is_not_imitated() -> None:
     order = parse_order_by("resource_class")
     nodes = [make_node("rack-1", "a", resource_class="gpu")]
-    assert cross_list._seeker("", order, nodes, queries.encode_token("", order, ["gpu", "a"]))
+    assert cross_list._seeker("", order, nodes, page_tokens.encode_token("", order, ["gpu", "a"]))
     for token in (
-        queries.encode_token("maintenance = true", order, ["gpu", "a"]),
-        queries.encode_token("", order, ["cpu", "a"]),
-        queries.encode_token("", order, ["gpu", "b"]),
+        page_tokens.encode_token("maintenance = true", order, ["gpu", "a"]),
+        page_tokens.encode_token("", order, ["cpu", "a"]),
+        page_tokens.encode_token("", order, ["gpu", "b"]),
+        page_tokens.encode_token("", order, ["gpu", "a", "extra"]),
         json.dumps({"after": "00"}),
         "",
     ):
         assert cross_list._seeker("", order, nodes, token) is None
+
+
+def test_a_leaf_token_with_its_time_at_another_utc_offset_is_recognised() -> None:
+    """A leaf on PostgreSQL writes times at its session's UTC offset; the instant is what
+    counts. Times finer than the leaf's microseconds cannot be one of its nodes."""
+    order = parse_order_by("create_time desc")
+    node = make_node("rack-1", "a", created=(1_700_000_000, 5000))
+    theirs = page_tokens.encode_token("", order, ["2023-11-14T23:13:20.000005+01:00", "a"])
+    seek = cross_list._seeker("", order, [node], theirs)
+    assert seek is not None
+    assert page_tokens.decode_token(seek(node) or "", "", order) == [
+        "2023-11-14T22:13:20.000005+00:00",
+        "a",
+    ]
+    finer = make_node("rack-1", "a", created=(1_700_000_000, 5001))
+    assert cross_list._seeker("", order, [finer], theirs) is None
+    assert seek(finer) is None
 
 
 # -- down cells ------------------------------------------------------------------------------------
