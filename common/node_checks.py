@@ -28,9 +28,11 @@ __all__ = [
     "BMC_DRIVERS",
     "DEFAULT_BMC_DRIVER",
     "DEFAULT_RESOURCE_CLASS",
+    "MAX_BATCH_CREATE",
     "MUTABLE_PATHS",
     "CheckedCreate",
     "CheckedUpdate",
+    "check_batch_create_request",
     "check_create_request",
     "check_node",
     "check_traits",
@@ -229,6 +231,60 @@ def check_create_request(request: node_service_pb2.CreateNodeRequest) -> Checked
     if violations:
         raise InvalidArgument.of(violations)
     return CheckedCreate(node, macs)
+
+
+#: Nodes one BatchCreateNodes call may enrol: a rack's worth, in one transaction of bounded size.
+MAX_BATCH_CREATE = 1000
+
+
+def check_batch_create_request(
+    request: node_service_pb2.BatchCreateNodesRequest,
+) -> list[CheckedCreate]:
+    """Checks every request of a BatchCreateNodes call as CreateNode would, reporting all
+    violations at once with their paths under ``requests[i]``; also refuses a parent that
+    differs from the batch's, and a node id or MAC that two requests of the batch share.
+    ``parent`` itself is resolved by the caller, as for :func:`check_create_request`."""
+    count = len(request.requests)
+    if not 1 <= count <= MAX_BATCH_CREATE:
+        raise InvalidArgument.field(
+            "requests", f"must hold 1 to {MAX_BATCH_CREATE} requests, got {count}"
+        )
+    violations: list[FieldViolation] = []
+    checked: list[CheckedCreate] = []
+    first_id: dict[str, int] = {}
+    first_mac: dict[str, int] = {}
+    for i, item in enumerate(request.requests):
+        where = f"requests[{i}]"
+        if item.parent and item.parent != request.parent:
+            violations.append(
+                FieldViolation(f"{where}.parent", f"must be empty or {request.parent!r}")
+            )
+        try:
+            one = check_create_request(item)
+        except InvalidArgument as exc:
+            violations += [
+                FieldViolation(f"{where}.{v.field}", v.description) for v in exc.violations
+            ]
+            continue
+        checked.append(one)
+        if item.node_id in first_id:
+            violations.append(
+                FieldViolation(
+                    f"{where}.node_id", f"{item.node_id} is also requests[{first_id[item.node_id]}]"
+                )
+            )
+        first_id.setdefault(item.node_id, i)
+        for k, mac in enumerate(one.macs):
+            if first_mac.setdefault(mac, i) != i:
+                violations.append(
+                    FieldViolation(
+                        f"{where}.node.ports[{k}].mac",
+                        f"{mac} is also a port of requests[{first_mac[mac]}]",
+                    )
+                )
+    if violations:
+        raise InvalidArgument.of(violations)
+    return checked
 
 
 def check_update_request(request: node_service_pb2.UpdateNodeRequest) -> CheckedUpdate:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any, cast
@@ -28,7 +29,12 @@ from common.errors import (
 )
 from common.listing import page_size, parse_filter, parse_order_by
 from common.names import ALL_CELLS, parse_cell, parse_node_name
-from common.node_checks import check_create_request, check_update_request
+from common.node_checks import (
+    CheckedCreate,
+    check_batch_create_request,
+    check_create_request,
+    check_update_request,
+)
 from leaf_cell import queries
 from leaf_cell.convert import etag_of, orm_to_node, row_to_node
 from leaf_cell.db.models import EventRow, NodeRow, PortRow, TraitRow
@@ -47,6 +53,7 @@ _EVENTS = cast(Table, EventRow.__table__)
 # Built once: a statement given its values per call (``.values(...)``) is a new statement each
 # time, and SQLAlchemy then spends more on its cache key than SQLite spends on the INSERT.
 _INSERT_NODE = insert(_NODES).returning(_NODES.c.id)
+_INSERT_NODES_RETURNING = insert(_NODES).returning(_NODES.c.node_id, _NODES.c.id)
 _INSERT_PORTS = insert(_PORTS)
 _INSERT_TRAITS = insert(_TRAITS)
 _INSERT_EVENT = insert(_EVENTS)
@@ -62,6 +69,16 @@ def _event(node_id: str, kind: str, detail: str, when: datetime) -> dict[str, ob
         "phase": "",
         "percent": 0,
     }
+
+
+@dataclass(frozen=True)
+class _NewNode:
+    """A checked node about to be inserted: its ``nodes`` row values, ports and traits."""
+
+    node_id: str
+    values: dict[str, Any]
+    ports: list[tuple[str, bool]]
+    traits: list[str]
 
 
 def _now() -> datetime:
@@ -189,14 +206,24 @@ class NodeStore:
 
     def create(self, req: node_service_pb2.CreateNodeRequest) -> node_pb2.Node:
         self._own_cell(req.parent)
-        checked = check_create_request(req)
-        node, macs = checked.node, checked.macs
-        name = f"cells/{self.cell}/nodes/{req.node_id}"
-        now = self._clock()
-        traits = sorted(node.traits)  # stored and returned in the order reads return them
+        [node] = self._enrol([self._new_node(req.node_id, check_create_request(req))])
+        return node
+
+    def batch_create(
+        self, req: node_service_pb2.BatchCreateNodesRequest
+    ) -> node_service_pb2.BatchCreateNodesResponse:
+        """Every node of the batch in one transaction, or none (AIP-233)."""
+        self._own_cell(req.parent)
+        checked = check_batch_create_request(req)
+        new = [self._new_node(r.node_id, c) for r, c in zip(req.requests, checked, strict=True)]
+        return node_service_pb2.BatchCreateNodesResponse(nodes=self._enrol(new))
+
+    def _new_node(self, node_id: str, checked: CheckedCreate) -> _NewNode:
+        """The rows of a node about to be enrolled, from a request that passed the checks."""
+        node, now = checked.node, self._clock()
         values = {
             "uid": str(uuid.uuid4()),
-            "node_id": req.node_id,
+            "node_id": node_id,
             "resource_class": node.resource_class,
             "cpus": node.properties.cpus,
             "memory_mb": node.properties.memory_mb,
@@ -223,44 +250,81 @@ class NodeStore:
             "provision_update_time": now,
             "revision": 1,
         }
-        # Fast path: insert and let the unique indexes object. Only when they do, look up which
-        # constraint it was, so the caller gets a precise ALREADY_EXISTS.
+        ports = [
+            (mac, port.pxe_enabled) for mac, port in zip(checked.macs, node.ports, strict=True)
+        ]
+        # Traits are stored and returned in the order reads return them.
+        return _NewNode(node_id, values, ports, sorted(node.traits))
+
+    def _enrol(self, new: Sequence[_NewNode]) -> list[node_pb2.Node]:
+        """Inserts the nodes in one transaction and returns them as the API shows them.
+
+        Fast path: insert and let the unique indexes object. Only when they do, look up which
+        node id or MAC it was, so the caller gets a precise ALREADY_EXISTS.
+        """
         try:
             with self._engine.begin() as conn:
-                pk = conn.execute(_INSERT_NODE, values).scalar_one()
-                if macs:
-                    conn.execute(
-                        _INSERT_PORTS,
-                        [
-                            {"node_pk": pk, "mac": mac, "pxe_enabled": port.pxe_enabled}
-                            for mac, port in zip(macs, node.ports, strict=True)
-                        ],
+                if len(new) == 1:
+                    pks = [conn.execute(_INSERT_NODE, new[0].values).scalar_one()]
+                else:
+                    ids: dict[str, int] = dict(
+                        conn.execute(_INSERT_NODES_RETURNING, [n.values for n in new]).all()
                     )
+                    pks = [ids[n.node_id] for n in new]
+                ports = [
+                    {"node_pk": pk, "mac": mac, "pxe_enabled": pxe}
+                    for pk, n in zip(pks, new, strict=True)
+                    for mac, pxe in n.ports
+                ]
+                if ports:
+                    conn.execute(_INSERT_PORTS, ports)
+                traits = [
+                    {"node_pk": pk, "trait": t}
+                    for pk, n in zip(pks, new, strict=True)
+                    for t in n.traits
+                ]
                 if traits:
-                    conn.execute(_INSERT_TRAITS, [{"node_pk": pk, "trait": t} for t in traits])
-                conn.execute(_INSERT_EVENT, _event(req.node_id, "created", "", now))
-            self._on_events()
-            lock = dict.fromkeys(
-                ("lock_holder", "lock_purpose", "lock_since", "lock_expires", "power_sync_time")
-            )
-            created = SimpleNamespace(id=pk, last_deploy=None, **values, **lock)
-            result = row_to_node(
-                created,
-                [(mac, port.pxe_enabled) for mac, port in zip(macs, node.ports, strict=True)],
-                traits,
-                self.cell,
-            )
-            self._wire.put(created, result.SerializeToString())
-            return result
+                    conn.execute(_INSERT_TRAITS, traits)
+                conn.execute(
+                    _INSERT_EVENT,
+                    [_event(n.node_id, "created", "", n.values["create_time"]) for n in new],
+                )
         except IntegrityError:
-            pass
-        with self._sessions() as session:
-            if session.scalar(select(NodeRow.id).where(NodeRow.node_id == req.node_id)) is not None:
-                raise AlreadyExists(f"node {name} already exists", metadata={"node": name})
-            self._check_macs_free(session, macs, None)
-        raise AlreadyExists(
-            f"node {name} or one of its MACs was enrolled concurrently; read and retry"
+            raise self._refusal(new) from None
+        self._on_events()
+        lock = dict.fromkeys(
+            ("lock_holder", "lock_purpose", "lock_since", "lock_expires", "power_sync_time")
         )
+        nodes: list[node_pb2.Node] = []
+        for pk, n in zip(pks, new, strict=True):
+            created = SimpleNamespace(id=pk, last_deploy=None, **n.values, **lock)
+            node = row_to_node(created, n.ports, n.traits, self.cell)
+            self._wire.put(created, node.SerializeToString())
+            nodes.append(node)
+        return nodes
+
+    def _refusal(self, new: Sequence[_NewNode]) -> AlreadyExists:
+        """Why an enrolment hit a unique index: a node id or a MAC already taken."""
+        batch = len(new) > 1
+        with self._sessions() as session:
+            taken = set(
+                session.scalars(
+                    select(NodeRow.node_id).where(NodeRow.node_id.in_([n.node_id for n in new]))
+                )
+            )
+            for i, n in enumerate(new):
+                name = f"cells/{self.cell}/nodes/{n.node_id}"
+                if n.node_id in taken:
+                    where = f"requests[{i}]: " if batch else ""
+                    return AlreadyExists(
+                        f"{where}node {name} already exists", metadata={"node": name}
+                    )
+            try:
+                self._check_macs_free(session, [mac for n in new for mac, _ in n.ports], None)
+            except AlreadyExists as err:
+                return err
+        what = "one of these nodes" if batch else f"node cells/{self.cell}/nodes/{new[0].node_id}"
+        return AlreadyExists(f"{what} or one of its MACs was enrolled concurrently; read and retry")
 
     def get(self, name: str) -> node_pb2.Node:
         return node_pb2.Node.FromString(self.get_wire(name))

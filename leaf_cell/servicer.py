@@ -41,6 +41,11 @@ class NodeServicer(node_service_pb2_grpc.NodeServiceServicer):
     ) -> node_pb2.Node:
         return await self._c.db(self._store.create, request)
 
+    async def BatchCreateNodes(
+        self, request: node_service_pb2.BatchCreateNodesRequest, context: Ctx
+    ) -> node_service_pb2.BatchCreateNodesResponse:
+        return await self._c.db(self._store.batch_create, request)
+
     # Reads answer in wire form (see leaf_cell.node_wire; registered with common.wire).
     async def GetNode(  # type: ignore[override]
         self, request: node_service_pb2.GetNodeRequest, context: Ctx

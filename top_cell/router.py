@@ -43,7 +43,11 @@ from common.errors import (
 from common.keys import normalize_mac
 from common.listing import parse_filter
 from common.names import ALL_CELLS, label_problem, parse_cell, parse_node_name
-from common.node_checks import check_create_request, check_update_request
+from common.node_checks import (
+    check_batch_create_request,
+    check_create_request,
+    check_update_request,
+)
 from rackcells.v1 import node_pb2, node_service_pb2, node_service_pb2_grpc
 from top_cell import cross_list
 from top_cell.fanout import fanout_budget
@@ -284,6 +288,18 @@ class NodeRouter(node_service_pb2_grpc.NodeServiceServicer):
         checked = check_create_request(request)
         self._check_macs_elsewhere(cell, checked.macs, "node.ports")
         return await self._fwd.unary(cell, "CreateNode", request, node_pb2.Node, context)
+
+    async def BatchCreateNodes(
+        self, request: node_service_pb2.BatchCreateNodesRequest, context: Ctx
+    ) -> node_service_pb2.BatchCreateNodesResponse:
+        """As CreateNode, for every request of the batch, before anything is forwarded."""
+        cell = parse_cell(request.parent, "parent")
+        self._require_known(cell)
+        for i, checked in enumerate(check_batch_create_request(request)):
+            self._check_macs_elsewhere(cell, checked.macs, f"requests[{i}].node.ports")
+        return await self._fwd.unary(
+            cell, "BatchCreateNodes", request, node_service_pb2.BatchCreateNodesResponse, context
+        )
 
     # The two reads relay the leaf's bytes (see _Forwarder.relay, registered with common.wire).
     async def GetNode(  # type: ignore[override]

@@ -32,7 +32,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from rackcells.v1 import node_pb2 as rackcells_dot_v1_dot_node__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1frackcells/v1/node_service.proto\x12\x0crackcells.v1\x1a\x17google/api/client.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a#google/longrunning/operations.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17rackcells/v1/node.proto\"~\n\x11\x43reateNodeRequest\x12*\n\x06parent\x18\x01 \x01(\tB\x1a\xe2\x41\x01\x02\xfa\x41\x13\x12\x11rackcells.io/Node\x12\x15\n\x07node_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12&\n\x04node\x18\x03 \x01(\x0b\x32\x12.rackcells.v1.NodeB\x04\xe2\x41\x01\x02\":\n\x0eGetNodeRequest\x12(\n\x04name\x18\x01 \x01(\tB\x1a\xe2\x41\x01\x02\xfa\x41\x13\n\x11rackcells.io/Node\"\xa7\x01\n\x10ListNodesRequest\x12*\n\x06parent\x18\x01 \x01(\tB\x1a\xe2\x41\x01\x02\xfa\x41\x13\x12\x11rackcells.io/Node\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x04 \x01(\t\x12\x10\n\x08order_by\x18\x05 \x01(\t\x12\x1e\n\x16return_partial_success\x18\x06 \x01(\x08\"d\n\x11ListNodesResponse\x12!\n\x05nodes\x18\x01 \x03(\x0b\x32\x12.rackcells.v1.Node\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x13\n\x0bunreachable\x18\x03 \x03(\t\"r\n\x11UpdateNodeRequest\x12&\n\x04node\x18\x01 \x01(\x0b\x32\x12.rackcells.v1.NodeB\x04\xe2\x41\x01\x02\x12\x35\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB\x04\xe2\x41\x01\x02\"K\n\x11\x44\x65leteNodeRequest\x12(\n\x04name\x18\x01 \x01(\tB\x1a\xe2\x41\x01\x02\xfa\x41\x13\n\x11rackcells.io/Node\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\"q\n\x14SetPowerStateRequest\x12(\n\x04name\x18\x01 \x01(\tB\x1a\xe2\x41\x01\x02\xfa\x41\x13\n\x11rackcells.io/Node\x12/\n\x06\x61\x63tion\x18\x02 \x01(\x0e\x32\x19.rackcells.v1.PowerActionB\x04\xe2\x41\x01\x02\"\x84\x01\n\x14SetBootDeviceRequest\x12(\n\x04name\x18\x01 \x01(\tB\x1a\xe2\x41\x01\x02\xfa\x41\x13\n\x11rackcells.io/Node\x12.\n\x06\x64\x65vice\x18\x02 \x01(\x0e\x32\x18.rackcells.v1.BootDeviceB\x04\xe2\x41\x01\x02\x12\x12\n\npersistent\x18\x03 \x01(\x08\"\xbd\x01\n\x1b\x43hangeProvisionStateRequest\x12(\n\x04name\x18\x01 \x01(\tB\x1a\xe2\x41\x01\x02\xfa\x41\x13\n\x11rackcells.io/Node\x12\x33\n\x06\x61\x63tion\x18\x02 \x01(\x0e\x32\x1d.rackcells.v1.ProvisionActionB\x04\xe2\x41\x01\x02\x12\x31\n\rinstance_info\x18\x03 \x01(\x0b\x32\x1a.rackcells.v1.InstanceInfo\x12\x0c\n\x04\x65tag\x18\x04 \x01(\t\"\x91\x01\n\x1aProvisionOperationMetadata\x12\x0c\n\x04node\x18\x01 \x01(\t\x12-\n\x06\x61\x63tion\x18\x02 \x01(\x0e\x32\x1d.rackcells.v1.ProvisionAction\x12\r\n\x05phase\x18\x03 \x01(\t\x12\x0f\n\x07percent\x18\x04 \x01(\x05\x12\x16\n\x0equeue_position\x18\x05 \x01(\x05\"P\n\x11WatchNodesRequest\x12\x14\n\x06parent\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\r\n\x05names\x18\x02 \x03(\t\x12\x16\n\x0esince_revision\x18\x03 \x01(\x03\"\xf9\x01\n\tNodeEvent\x12\x10\n\x08revision\x18\x01 \x01(\x03\x12\x0c\n\x04node\x18\x02 \x01(\t\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\x12\x35\n\x0fprovision_state\x18\x06 \x01(\x0e\x32\x1c.rackcells.v1.ProvisionState\x12-\n\x0bpower_state\x18\x07 \x01(\x0e\x32\x18.rackcells.v1.PowerState\x12\r\n\x05phase\x18\x08 \x01(\t\x12\x0f\n\x07percent\x18\t \x01(\x05*\x8a\x01\n\x0bPowerAction\x12\x1c\n\x18POWER_ACTION_UNSPECIFIED\x10\x00\x12\x13\n\x0fPOWER_ACTION_ON\x10\x01\x12\x14\n\x10POWER_ACTION_OFF\x10\x02\x12\x17\n\x13POWER_ACTION_REBOOT\x10\x03\x12\x19\n\x15POWER_ACTION_SOFT_OFF\x10\x04*T\n\nBootDevice\x12\x1b\n\x17\x42OOT_DEVICE_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x42OOT_DEVICE_PXE\x10\x01\x12\x14\n\x10\x42OOT_DEVICE_DISK\x10\x02*\xc6\x01\n\x0fProvisionAction\x12 \n\x1cPROVISION_ACTION_UNSPECIFIED\x10\x00\x12\x1b\n\x17PROVISION_ACTION_MANAGE\x10\x01\x12\x1c\n\x18PROVISION_ACTION_PROVIDE\x10\x02\x12\x1b\n\x17PROVISION_ACTION_DEPLOY\x10\x03\x12\x1d\n\x19PROVISION_ACTION_UNDEPLOY\x10\x04\x12\x1a\n\x16PROVISION_ACTION_ABORT\x10\x05\x32\xcf\x06\n\x0bNodeService\x12Y\n\nCreateNode\x12\x1f.rackcells.v1.CreateNodeRequest\x1a\x12.rackcells.v1.Node\"\x16\xda\x41\x13parent,node,node_id\x12\x44\n\x07GetNode\x12\x1c.rackcells.v1.GetNodeRequest\x1a\x12.rackcells.v1.Node\"\x07\xda\x41\x04name\x12W\n\tListNodes\x12\x1e.rackcells.v1.ListNodesRequest\x1a\x1f.rackcells.v1.ListNodesResponse\"\t\xda\x41\x06parent\x12V\n\nUpdateNode\x12\x1f.rackcells.v1.UpdateNodeRequest\x1a\x12.rackcells.v1.Node\"\x13\xda\x41\x10node,update_mask\x12N\n\nDeleteNode\x12\x1f.rackcells.v1.DeleteNodeRequest\x1a\x16.google.protobuf.Empty\"\x07\xda\x41\x04name\x12W\n\rSetPowerState\x12\".rackcells.v1.SetPowerStateRequest\x1a\x12.rackcells.v1.Node\"\x0e\xda\x41\x0bname,action\x12W\n\rSetBootDevice\x12\".rackcells.v1.SetBootDeviceRequest\x1a\x12.rackcells.v1.Node\"\x0e\xda\x41\x0bname,device\x12\xa1\x01\n\x14\x43hangeProvisionState\x12).rackcells.v1.ChangeProvisionStateRequest\x1a\x1d.google.longrunning.Operation\"?\xca\x41<\n\x11rackcells.v1.Node\x12\'rackcells.v1.ProvisionOperationMetadata\x12H\n\nWatchNodes\x12\x1f.rackcells.v1.WatchNodesRequest\x1a\x17.rackcells.v1.NodeEvent0\x01\x42\x13\n\x0fio.rackcells.v1P\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1frackcells/v1/node_service.proto\x12\x0crackcells.v1\x1a\x17google/api/client.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a#google/longrunning/operations.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17rackcells/v1/node.proto\"~\n\x11\x43reateNodeRequest\x12*\n\x06parent\x18\x01 \x01(\tB\x1a\xe2\x41\x01\x02\xfa\x41\x13\x12\x11rackcells.io/Node\x12\x15\n\x07node_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12&\n\x04node\x18\x03 \x01(\x0b\x32\x12.rackcells.v1.NodeB\x04\xe2\x41\x01\x02\"~\n\x17\x42\x61tchCreateNodesRequest\x12*\n\x06parent\x18\x01 \x01(\tB\x1a\xe2\x41\x01\x02\xfa\x41\x13\x12\x11rackcells.io/Node\x12\x37\n\x08requests\x18\x02 \x03(\x0b\x32\x1f.rackcells.v1.CreateNodeRequestB\x04\xe2\x41\x01\x02\"=\n\x18\x42\x61tchCreateNodesResponse\x12!\n\x05nodes\x18\x01 \x03(\x0b\x32\x12.rackcells.v1.Node\":\n\x0eGetNodeRequest\x12(\n\x04name\x18\x01 \x01(\tB\x1a\xe2\x41\x01\x02\xfa\x41\x13\n\x11rackcells.io/Node\"\xa7\x01\n\x10ListNodesRequest\x12*\n\x06parent\x18\x01 \x01(\tB\x1a\xe2\x41\x01\x02\xfa\x41\x13\x12\x11rackcells.io/Node\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x04 \x01(\t\x12\x10\n\x08order_by\x18\x05 \x01(\t\x12\x1e\n\x16return_partial_success\x18\x06 \x01(\x08\"d\n\x11ListNodesResponse\x12!\n\x05nodes\x18\x01 \x03(\x0b\x32\x12.rackcells.v1.Node\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x13\n\x0bunreachable\x18\x03 \x03(\t\"r\n\x11UpdateNodeRequest\x12&\n\x04node\x18\x01 \x01(\x0b\x32\x12.rackcells.v1.NodeB\x04\xe2\x41\x01\x02\x12\x35\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB\x04\xe2\x41\x01\x02\"K\n\x11\x44\x65leteNodeRequest\x12(\n\x04name\x18\x01 \x01(\tB\x1a\xe2\x41\x01\x02\xfa\x41\x13\n\x11rackcells.io/Node\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\"q\n\x14SetPowerStateRequest\x12(\n\x04name\x18\x01 \x01(\tB\x1a\xe2\x41\x01\x02\xfa\x41\x13\n\x11rackcells.io/Node\x12/\n\x06\x61\x63tion\x18\x02 \x01(\x0e\x32\x19.rackcells.v1.PowerActionB\x04\xe2\x41\x01\x02\"\x84\x01\n\x14SetBootDeviceRequest\x12(\n\x04name\x18\x01 \x01(\tB\x1a\xe2\x41\x01\x02\xfa\x41\x13\n\x11rackcells.io/Node\x12.\n\x06\x64\x65vice\x18\x02 \x01(\x0e\x32\x18.rackcells.v1.BootDeviceB\x04\xe2\x41\x01\x02\x12\x12\n\npersistent\x18\x03 \x01(\x08\"\xbd\x01\n\x1b\x43hangeProvisionStateRequest\x12(\n\x04name\x18\x01 \x01(\tB\x1a\xe2\x41\x01\x02\xfa\x41\x13\n\x11rackcells.io/Node\x12\x33\n\x06\x61\x63tion\x18\x02 \x01(\x0e\x32\x1d.rackcells.v1.ProvisionActionB\x04\xe2\x41\x01\x02\x12\x31\n\rinstance_info\x18\x03 \x01(\x0b\x32\x1a.rackcells.v1.InstanceInfo\x12\x0c\n\x04\x65tag\x18\x04 \x01(\t\"\x91\x01\n\x1aProvisionOperationMetadata\x12\x0c\n\x04node\x18\x01 \x01(\t\x12-\n\x06\x61\x63tion\x18\x02 \x01(\x0e\x32\x1d.rackcells.v1.ProvisionAction\x12\r\n\x05phase\x18\x03 \x01(\t\x12\x0f\n\x07percent\x18\x04 \x01(\x05\x12\x16\n\x0equeue_position\x18\x05 \x01(\x05\"P\n\x11WatchNodesRequest\x12\x14\n\x06parent\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\r\n\x05names\x18\x02 \x03(\t\x12\x16\n\x0esince_revision\x18\x03 \x01(\x03\"\xf9\x01\n\tNodeEvent\x12\x10\n\x08revision\x18\x01 \x01(\x03\x12\x0c\n\x04node\x18\x02 \x01(\t\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\x12\x35\n\x0fprovision_state\x18\x06 \x01(\x0e\x32\x1c.rackcells.v1.ProvisionState\x12-\n\x0bpower_state\x18\x07 \x01(\x0e\x32\x18.rackcells.v1.PowerState\x12\r\n\x05phase\x18\x08 \x01(\t\x12\x0f\n\x07percent\x18\t \x01(\x05*\x8a\x01\n\x0bPowerAction\x12\x1c\n\x18POWER_ACTION_UNSPECIFIED\x10\x00\x12\x13\n\x0fPOWER_ACTION_ON\x10\x01\x12\x14\n\x10POWER_ACTION_OFF\x10\x02\x12\x17\n\x13POWER_ACTION_REBOOT\x10\x03\x12\x19\n\x15POWER_ACTION_SOFT_OFF\x10\x04*T\n\nBootDevice\x12\x1b\n\x17\x42OOT_DEVICE_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x42OOT_DEVICE_PXE\x10\x01\x12\x14\n\x10\x42OOT_DEVICE_DISK\x10\x02*\xc6\x01\n\x0fProvisionAction\x12 \n\x1cPROVISION_ACTION_UNSPECIFIED\x10\x00\x12\x1b\n\x17PROVISION_ACTION_MANAGE\x10\x01\x12\x1c\n\x18PROVISION_ACTION_PROVIDE\x10\x02\x12\x1b\n\x17PROVISION_ACTION_DEPLOY\x10\x03\x12\x1d\n\x19PROVISION_ACTION_UNDEPLOY\x10\x04\x12\x1a\n\x16PROVISION_ACTION_ABORT\x10\x05\x32\xc6\x07\n\x0bNodeService\x12Y\n\nCreateNode\x12\x1f.rackcells.v1.CreateNodeRequest\x1a\x12.rackcells.v1.Node\"\x16\xda\x41\x13parent,node,node_id\x12u\n\x10\x42\x61tchCreateNodes\x12%.rackcells.v1.BatchCreateNodesRequest\x1a&.rackcells.v1.BatchCreateNodesResponse\"\x12\xda\x41\x0fparent,requests\x12\x44\n\x07GetNode\x12\x1c.rackcells.v1.GetNodeRequest\x1a\x12.rackcells.v1.Node\"\x07\xda\x41\x04name\x12W\n\tListNodes\x12\x1e.rackcells.v1.ListNodesRequest\x1a\x1f.rackcells.v1.ListNodesResponse\"\t\xda\x41\x06parent\x12V\n\nUpdateNode\x12\x1f.rackcells.v1.UpdateNodeRequest\x1a\x12.rackcells.v1.Node\"\x13\xda\x41\x10node,update_mask\x12N\n\nDeleteNode\x12\x1f.rackcells.v1.DeleteNodeRequest\x1a\x16.google.protobuf.Empty\"\x07\xda\x41\x04name\x12W\n\rSetPowerState\x12\".rackcells.v1.SetPowerStateRequest\x1a\x12.rackcells.v1.Node\"\x0e\xda\x41\x0bname,action\x12W\n\rSetBootDevice\x12\".rackcells.v1.SetBootDeviceRequest\x1a\x12.rackcells.v1.Node\"\x0e\xda\x41\x0bname,device\x12\xa1\x01\n\x14\x43hangeProvisionState\x12).rackcells.v1.ChangeProvisionStateRequest\x1a\x1d.google.longrunning.Operation\"?\xca\x41<\n\x11rackcells.v1.Node\x12\'rackcells.v1.ProvisionOperationMetadata\x12H\n\nWatchNodes\x12\x1f.rackcells.v1.WatchNodesRequest\x1a\x17.rackcells.v1.NodeEvent0\x01\x42\x13\n\x0fio.rackcells.v1P\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -46,6 +46,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CREATENODEREQUEST'].fields_by_name['node_id']._serialized_options = b'\342A\001\002'
   _globals['_CREATENODEREQUEST'].fields_by_name['node']._loaded_options = None
   _globals['_CREATENODEREQUEST'].fields_by_name['node']._serialized_options = b'\342A\001\002'
+  _globals['_BATCHCREATENODESREQUEST'].fields_by_name['parent']._loaded_options = None
+  _globals['_BATCHCREATENODESREQUEST'].fields_by_name['parent']._serialized_options = b'\342A\001\002\372A\023\022\021rackcells.io/Node'
+  _globals['_BATCHCREATENODESREQUEST'].fields_by_name['requests']._loaded_options = None
+  _globals['_BATCHCREATENODESREQUEST'].fields_by_name['requests']._serialized_options = b'\342A\001\002'
   _globals['_GETNODEREQUEST'].fields_by_name['name']._loaded_options = None
   _globals['_GETNODEREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002\372A\023\n\021rackcells.io/Node'
   _globals['_LISTNODESREQUEST'].fields_by_name['parent']._loaded_options = None
@@ -72,6 +76,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WATCHNODESREQUEST'].fields_by_name['parent']._serialized_options = b'\342A\001\002'
   _globals['_NODESERVICE'].methods_by_name['CreateNode']._loaded_options = None
   _globals['_NODESERVICE'].methods_by_name['CreateNode']._serialized_options = b'\332A\023parent,node,node_id'
+  _globals['_NODESERVICE'].methods_by_name['BatchCreateNodes']._loaded_options = None
+  _globals['_NODESERVICE'].methods_by_name['BatchCreateNodes']._serialized_options = b'\332A\017parent,requests'
   _globals['_NODESERVICE'].methods_by_name['GetNode']._loaded_options = None
   _globals['_NODESERVICE'].methods_by_name['GetNode']._serialized_options = b'\332A\004name'
   _globals['_NODESERVICE'].methods_by_name['ListNodes']._loaded_options = None
@@ -86,36 +92,40 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_NODESERVICE'].methods_by_name['SetBootDevice']._serialized_options = b'\332A\013name,device'
   _globals['_NODESERVICE'].methods_by_name['ChangeProvisionState']._loaded_options = None
   _globals['_NODESERVICE'].methods_by_name['ChangeProvisionState']._serialized_options = b'\312A<\n\021rackcells.v1.Node\022\'rackcells.v1.ProvisionOperationMetadata'
-  _globals['_POWERACTION']._serialized_start=1870
-  _globals['_POWERACTION']._serialized_end=2008
-  _globals['_BOOTDEVICE']._serialized_start=2010
-  _globals['_BOOTDEVICE']._serialized_end=2094
-  _globals['_PROVISIONACTION']._serialized_start=2097
-  _globals['_PROVISIONACTION']._serialized_end=2295
+  _globals['_POWERACTION']._serialized_start=2061
+  _globals['_POWERACTION']._serialized_end=2199
+  _globals['_BOOTDEVICE']._serialized_start=2201
+  _globals['_BOOTDEVICE']._serialized_end=2285
+  _globals['_PROVISIONACTION']._serialized_start=2288
+  _globals['_PROVISIONACTION']._serialized_end=2486
   _globals['_CREATENODEREQUEST']._serialized_start=292
   _globals['_CREATENODEREQUEST']._serialized_end=418
-  _globals['_GETNODEREQUEST']._serialized_start=420
-  _globals['_GETNODEREQUEST']._serialized_end=478
-  _globals['_LISTNODESREQUEST']._serialized_start=481
-  _globals['_LISTNODESREQUEST']._serialized_end=648
-  _globals['_LISTNODESRESPONSE']._serialized_start=650
-  _globals['_LISTNODESRESPONSE']._serialized_end=750
-  _globals['_UPDATENODEREQUEST']._serialized_start=752
-  _globals['_UPDATENODEREQUEST']._serialized_end=866
-  _globals['_DELETENODEREQUEST']._serialized_start=868
-  _globals['_DELETENODEREQUEST']._serialized_end=943
-  _globals['_SETPOWERSTATEREQUEST']._serialized_start=945
-  _globals['_SETPOWERSTATEREQUEST']._serialized_end=1058
-  _globals['_SETBOOTDEVICEREQUEST']._serialized_start=1061
-  _globals['_SETBOOTDEVICEREQUEST']._serialized_end=1193
-  _globals['_CHANGEPROVISIONSTATEREQUEST']._serialized_start=1196
-  _globals['_CHANGEPROVISIONSTATEREQUEST']._serialized_end=1385
-  _globals['_PROVISIONOPERATIONMETADATA']._serialized_start=1388
-  _globals['_PROVISIONOPERATIONMETADATA']._serialized_end=1533
-  _globals['_WATCHNODESREQUEST']._serialized_start=1535
-  _globals['_WATCHNODESREQUEST']._serialized_end=1615
-  _globals['_NODEEVENT']._serialized_start=1618
-  _globals['_NODEEVENT']._serialized_end=1867
-  _globals['_NODESERVICE']._serialized_start=2298
-  _globals['_NODESERVICE']._serialized_end=3145
+  _globals['_BATCHCREATENODESREQUEST']._serialized_start=420
+  _globals['_BATCHCREATENODESREQUEST']._serialized_end=546
+  _globals['_BATCHCREATENODESRESPONSE']._serialized_start=548
+  _globals['_BATCHCREATENODESRESPONSE']._serialized_end=609
+  _globals['_GETNODEREQUEST']._serialized_start=611
+  _globals['_GETNODEREQUEST']._serialized_end=669
+  _globals['_LISTNODESREQUEST']._serialized_start=672
+  _globals['_LISTNODESREQUEST']._serialized_end=839
+  _globals['_LISTNODESRESPONSE']._serialized_start=841
+  _globals['_LISTNODESRESPONSE']._serialized_end=941
+  _globals['_UPDATENODEREQUEST']._serialized_start=943
+  _globals['_UPDATENODEREQUEST']._serialized_end=1057
+  _globals['_DELETENODEREQUEST']._serialized_start=1059
+  _globals['_DELETENODEREQUEST']._serialized_end=1134
+  _globals['_SETPOWERSTATEREQUEST']._serialized_start=1136
+  _globals['_SETPOWERSTATEREQUEST']._serialized_end=1249
+  _globals['_SETBOOTDEVICEREQUEST']._serialized_start=1252
+  _globals['_SETBOOTDEVICEREQUEST']._serialized_end=1384
+  _globals['_CHANGEPROVISIONSTATEREQUEST']._serialized_start=1387
+  _globals['_CHANGEPROVISIONSTATEREQUEST']._serialized_end=1576
+  _globals['_PROVISIONOPERATIONMETADATA']._serialized_start=1579
+  _globals['_PROVISIONOPERATIONMETADATA']._serialized_end=1724
+  _globals['_WATCHNODESREQUEST']._serialized_start=1726
+  _globals['_WATCHNODESREQUEST']._serialized_end=1806
+  _globals['_NODEEVENT']._serialized_start=1809
+  _globals['_NODEEVENT']._serialized_end=2058
+  _globals['_NODESERVICE']._serialized_start=2489
+  _globals['_NODESERVICE']._serialized_end=3455
 # @@protoc_insertion_point(module_scope)

@@ -147,6 +147,58 @@ class CreateNodeRequest(_message.Message):
 Global___CreateNodeRequest: _TypeAlias = CreateNodeRequest  # noqa: Y015
 
 @_typing.final
+class BatchCreateNodesRequest(_message.Message):
+    """Request of NodeService.BatchCreateNodes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """The cell: cells/{cell}. Each request's parent must be empty or the same."""
+    @_builtins.property
+    def requests(self) -> _containers.RepeatedCompositeFieldContainer[Global___CreateNodeRequest]:
+        """The nodes to enrol, 1 to 1,000, each as its CreateNode request."""
+
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        requests: _abc.Iterable[Global___CreateNodeRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["parent", b"parent", "requests", b"requests"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchCreateNodesRequest: _TypeAlias = BatchCreateNodesRequest  # noqa: Y015
+
+@_typing.final
+class BatchCreateNodesResponse(_message.Message):
+    """Response of NodeService.BatchCreateNodes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def nodes(self) -> _containers.RepeatedCompositeFieldContainer[_node_pb2.Node]:
+        """The enrolled nodes, in the order of the requests."""
+
+    def __init__(
+        self,
+        *,
+        nodes: _abc.Iterable[_node_pb2.Node] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["nodes", b"nodes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchCreateNodesResponse: _TypeAlias = BatchCreateNodesResponse  # noqa: Y015
+
+@_typing.final
 class GetNodeRequest(_message.Message):
     """Request of NodeService.GetNode."""
 

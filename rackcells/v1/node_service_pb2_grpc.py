@@ -44,6 +44,11 @@ class NodeServiceStub:
                 request_serializer=rackcells_dot_v1_dot_node__service__pb2.CreateNodeRequest.SerializeToString,
                 response_deserializer=rackcells_dot_v1_dot_node__pb2.Node.FromString,
                 _registered_method=True)
+        self.BatchCreateNodes = channel.unary_unary(
+                '/rackcells.v1.NodeService/BatchCreateNodes',
+                request_serializer=rackcells_dot_v1_dot_node__service__pb2.BatchCreateNodesRequest.SerializeToString,
+                response_deserializer=rackcells_dot_v1_dot_node__service__pb2.BatchCreateNodesResponse.FromString,
+                _registered_method=True)
         self.GetNode = channel.unary_unary(
                 '/rackcells.v1.NodeService/GetNode',
                 request_serializer=rackcells_dot_v1_dot_node__service__pb2.GetNodeRequest.SerializeToString,
@@ -93,6 +98,15 @@ class NodeServiceServicer:
 
     def CreateNode(self, request, context):
         """Enrols a node. The node starts in PROVISION_STATE_ENROLL.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BatchCreateNodes(self, request, context):
+        """Enrols many nodes of one cell in one call, atomically (AIP-233): either every node is
+        created or none is, and a refusal names the request it is about (requests[i]). At most
+        1,000 nodes per call. `rackcells node import` enrols a rack this way.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -164,6 +178,11 @@ def add_NodeServiceServicer_to_server(servicer, server):
                     request_deserializer=rackcells_dot_v1_dot_node__service__pb2.CreateNodeRequest.FromString,
                     response_serializer=rackcells_dot_v1_dot_node__pb2.Node.SerializeToString,
             ),
+            'BatchCreateNodes': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchCreateNodes,
+                    request_deserializer=rackcells_dot_v1_dot_node__service__pb2.BatchCreateNodesRequest.FromString,
+                    response_serializer=rackcells_dot_v1_dot_node__service__pb2.BatchCreateNodesResponse.SerializeToString,
+            ),
             'GetNode': grpc.unary_unary_rpc_method_handler(
                     servicer.GetNode,
                     request_deserializer=rackcells_dot_v1_dot_node__service__pb2.GetNodeRequest.FromString,
@@ -234,6 +253,33 @@ class NodeService:
             '/rackcells.v1.NodeService/CreateNode',
             rackcells_dot_v1_dot_node__service__pb2.CreateNodeRequest.SerializeToString,
             rackcells_dot_v1_dot_node__pb2.Node.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchCreateNodes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rackcells.v1.NodeService/BatchCreateNodes',
+            rackcells_dot_v1_dot_node__service__pb2.BatchCreateNodesRequest.SerializeToString,
+            rackcells_dot_v1_dot_node__service__pb2.BatchCreateNodesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -40,6 +40,11 @@ class NodeServiceStub:
     def __new__(cls, channel: _aio.Channel) -> NodeServiceAsyncStub: ...
     CreateNode: _grpc.UnaryUnaryMultiCallable[_node_service_pb2.CreateNodeRequest, _node_pb2.Node]
     """Enrols a node. The node starts in PROVISION_STATE_ENROLL."""
+    BatchCreateNodes: _grpc.UnaryUnaryMultiCallable[_node_service_pb2.BatchCreateNodesRequest, _node_service_pb2.BatchCreateNodesResponse]
+    """Enrols many nodes of one cell in one call, atomically (AIP-233): either every node is
+    created or none is, and a refusal names the request it is about (requests[i]). At most
+    1,000 nodes per call. `rackcells node import` enrols a rack this way.
+    """
     GetNode: _grpc.UnaryUnaryMultiCallable[_node_service_pb2.GetNodeRequest, _node_pb2.Node]
     """Returns one node."""
     ListNodes: _grpc.UnaryUnaryMultiCallable[_node_service_pb2.ListNodesRequest, _node_service_pb2.ListNodesResponse]
@@ -70,6 +75,11 @@ class NodeServiceAsyncStub(NodeServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateNode: _aio.UnaryUnaryMultiCallable[_node_service_pb2.CreateNodeRequest, _node_pb2.Node]  # type: ignore[assignment]
     """Enrols a node. The node starts in PROVISION_STATE_ENROLL."""
+    BatchCreateNodes: _aio.UnaryUnaryMultiCallable[_node_service_pb2.BatchCreateNodesRequest, _node_service_pb2.BatchCreateNodesResponse]  # type: ignore[assignment]
+    """Enrols many nodes of one cell in one call, atomically (AIP-233): either every node is
+    created or none is, and a refusal names the request it is about (requests[i]). At most
+    1,000 nodes per call. `rackcells node import` enrols a rack this way.
+    """
     GetNode: _aio.UnaryUnaryMultiCallable[_node_service_pb2.GetNodeRequest, _node_pb2.Node]  # type: ignore[assignment]
     """Returns one node."""
     ListNodes: _aio.UnaryUnaryMultiCallable[_node_service_pb2.ListNodesRequest, _node_service_pb2.ListNodesResponse]  # type: ignore[assignment]
@@ -103,6 +113,17 @@ class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_node_pb2.Node, _abc.Awaitable[_node_pb2.Node]]:
         """Enrols a node. The node starts in PROVISION_STATE_ENROLL."""
+
+    @_abc_1.abstractmethod
+    def BatchCreateNodes(
+        self,
+        request: _node_service_pb2.BatchCreateNodesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_node_service_pb2.BatchCreateNodesResponse, _abc.Awaitable[_node_service_pb2.BatchCreateNodesResponse]]:
+        """Enrols many nodes of one cell in one call, atomically (AIP-233): either every node is
+        created or none is, and a refusal names the request it is about (requests[i]). At most
+        1,000 nodes per call. `rackcells node import` enrols a rack this way.
+        """
 
     @_abc_1.abstractmethod
     def GetNode(

@@ -88,6 +88,31 @@ def create_case(
     return run
 
 
+def batch_case(
+    *items: tuple[str, list[str]], parent: str | None = None
+) -> Callable[[Api, Ctx], grpc.RpcError]:
+    """BatchCreateNodes of (node_id, MACs) items; "FOREIGN" is the other cell's MAC."""
+
+    def run(api: Api, ctx: Ctx) -> grpc.RpcError:
+        requests = [
+            node_service_pb2.CreateNodeRequest(
+                node_id=node_id,
+                node=fake_node(
+                    unique("rc-"), macs=[ctx.foreign_mac if m == "FOREIGN" else m for m in macs]
+                ),
+            )
+            for node_id, macs in items
+        ]
+        return rpc_error(
+            api.nodes.BatchCreateNodes,
+            node_service_pb2.BatchCreateNodesRequest(
+                parent=api.parent if parent is None else parent, requests=requests
+            ),
+        )
+
+    return run
+
+
 def get(name: str) -> Callable[[Api, Ctx], grpc.RpcError]:
     return lambda api, ctx: rpc_error(api.nodes.GetNode, node_service_pb2.GetNodeRequest(name=name))
 
@@ -234,6 +259,21 @@ CASES = [
         ("parent",),
     ),
     Case("create: unknown cell", create_case("ok-id", parent="cells/no-such-cell"), NOT_FOUND),
+    # BatchCreateNodes
+    Case(
+        "batch: a bad node_id and a bad MAC in different requests",
+        batch_case(("ok-1", []), ("Bad_Id", []), ("ok-3", ["nope"])),
+        INVALID,
+        ("requests[1].node_id", "requests[2].node.ports[0].mac"),
+    ),
+    Case(
+        "batch: a bad node_id beside a MAC another cell holds",
+        batch_case(("ok-1", ["FOREIGN"]), ("Bad_Id", [])),
+        INVALID,
+        ("requests[1].node_id",),
+    ),
+    Case("batch: no requests", batch_case(), INVALID, ("requests",)),
+    Case("batch: unknown cell", batch_case(("ok-1", []), parent="cells/no-such-cell"), NOT_FOUND),
     # GetNode
     Case("get: unknown node", get(f"cells/{CELL}/nodes/no-such-node"), NOT_FOUND),
     Case("get: malformed name", get(f"{CELL}/nodes/x"), INVALID, ("name",)),

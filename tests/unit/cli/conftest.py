@@ -139,6 +139,30 @@ class FakeNodes:
         self.nodes[name] = node
         return node
 
+    def BatchCreateNodes(
+        self, request: node_service_pb2.BatchCreateNodesRequest, timeout: float | None = None
+    ) -> node_service_pb2.BatchCreateNodesResponse:
+        """All or nothing, as the server: each request meets CreateNode's scripted errors and
+        existing names, and the first refusal refuses the batch."""
+        self._log("BatchCreateNodes", request)
+        before = dict(self.nodes)
+        created = []
+        try:
+            for item in request.requests:
+                check = self.errors.get("CreateNode")
+                err = check(item) if check is not None else None
+                if err is not None:
+                    raise err
+                item.parent = item.parent or request.parent
+                try:
+                    created.append(self.CreateNode(item))
+                finally:
+                    self.calls.pop()  # logged as part of the batch
+        except BaseException:
+            self.nodes = before
+            raise
+        return node_service_pb2.BatchCreateNodesResponse(nodes=created)
+
     def GetNode(
         self, request: node_service_pb2.GetNodeRequest, timeout: float | None = None
     ) -> node_pb2.Node:

@@ -188,3 +188,21 @@ def test_command_exit_status_and_summary(
     captured = capsys.readouterr()
     assert captured.out == "" and "[2] (r1-n0002): field ports[0].mac" in captured.err
     assert PASSWORD not in captured.err
+
+
+def test_enrol_sends_batches_per_cell_and_retries_a_refused_batch_node_by_node(
+    session: Session, fake_nodes: Any
+) -> None:
+    fake_nodes.add("r1-n0250")  # enrolled before: its batch is refused as a whole
+    raw = [
+        entry(i, ports=[{"mac": f"52:54:00:aa:{i >> 8:02x}:{i & 255:02x}", "pxeEnabled": True}])
+        for i in range(450)
+    ]
+    report = enrol(session, parse_entries(raw, "rack-1"), 4, StatusLine(False))
+    batches = [r for method, r in fake_nodes.calls if method == "BatchCreateNodes"]
+    assert sorted(len(b.requests) for b in batches) == [50, 200, 200]
+    assert all(b.parent == "cells/rack-1" for b in batches)
+    singles = [r.node_id for method, r in fake_nodes.calls if method == "CreateNode"]
+    assert sorted(singles) == [f"r1-n{i:04d}" for i in range(200, 400)]
+    assert len(report.created) == 449 and not report.failed
+    assert report.exists == ["cells/rack-1/nodes/r1-n0250"]

@@ -1,4 +1,4 @@
-"""The top's CreateNode/UpdateNode run the leaf's request checks (common.node_checks) before the
+"""The top's CreateNode, BatchCreateNodes and UpdateNode run the leaf's request checks (common.node_checks) before the
 cross-cell MAC look-up and before forwarding, so bad input gets a leaf's INVALID_ARGUMENT and
 field violations even when it also carries a MAC that another cell holds.
 
@@ -154,3 +154,31 @@ def test_update_without_ports_in_the_mask_ignores_the_ports_it_carries() -> None
     err, cells = _update(["extra"], _node(FOREIGN, "bogus"))
     assert isinstance(err, Forwarded)
     assert cells.asked == ["rack-1"]
+
+
+def _batch(*items: tuple[str, node_pb2.Node]) -> tuple[Exception, Directory]:
+    router, cells = _router()
+    request = node_service_pb2.BatchCreateNodesRequest(
+        parent="cells/rack-1",
+        requests=[node_service_pb2.CreateNodeRequest(node_id=i, node=n) for i, n in items],
+    )
+    with pytest.raises((RackcellsError, Forwarded)) as info:
+        asyncio.run(router.BatchCreateNodes(request, cast(Any, None)))
+    return info.value, cells
+
+
+def test_batch_with_a_foreign_mac_is_already_exists_naming_the_request_and_port() -> None:
+    err, cells = _batch(
+        ("n-1", _node("52:54:00:00:00:09")), ("n-2", _node("aa:bb:cc:00:00:01", FOREIGN))
+    )
+    assert isinstance(err, AlreadyExists)
+    assert err.metadata["field"] == "requests[1].node.ports[1].mac"
+    assert cells.asked == []
+
+
+def test_batch_bad_input_wins_over_a_foreign_mac_and_valid_batches_are_forwarded() -> None:
+    err, cells = _batch(("n-1", _node(FOREIGN)), ("Bad", _node()))
+    assert isinstance(err, InvalidArgument)
+    assert [v.field for v in err.violations] == ["requests[1].node_id"]
+    err, cells = _batch(("n-1", _node("52:54:00:00:00:09")), ("n-2", _node()))
+    assert isinstance(err, Forwarded) and cells.asked == ["rack-1"]
