@@ -1,6 +1,7 @@
-"""The top's CreateNode, BatchCreateNodes and UpdateNode run the leaf's request checks (common.node_checks) before the
-cross-cell MAC look-up and before forwarding, so bad input gets a leaf's INVALID_ARGUMENT and
-field violations even when it also carries a MAC that another cell holds.
+"""The top's CreateNode, BatchCreateNodes and UpdateNode run the leaf's request checks
+(common.node_checks) before the cross-cell MAC look-up and before forwarding, so bad input gets a
+leaf's INVALID_ARGUMENT and field violations even when it also carries a MAC that another cell
+holds.
 
 The router's methods are called directly: a fake directory records which cell would have been
 forwarded to and stops there, so no server or leaf is needed.
