@@ -6,6 +6,8 @@ Prints four tables, each figure beside its target:
     top: ListNodes first page (page_size 100, ``cells/-``) p50/p95, a full scan with page_size
     1,000 (beside the same scan done leaf by leaf), the top's peak and current RSS;
 (a) GetNode latency directly at a leaf vs through the top (same nodes, interleaved), and the ratio;
+    beside it, for scale, the same for one bare gRPC hop (bench/grpc_hop.py: a no-op server,
+    direct and through a no-op relay);
 (b) enrol-to-visible: from CreateNode returning at a leaf until the node counts in the top's
     GetCapacity (polled tightly), over E enrolments, one at a time;
 (d) a claim race: 500 concurrent CreateAllocation calls through the top for 100 AVAILABLE nodes
@@ -38,6 +40,7 @@ import yaml
 from google.longrunning import operations_pb2, operations_pb2_grpc
 from google.protobuf import duration_pb2
 
+from bench import grpc_hop
 from bench.harness import ROOT, Leaf, percentile, print_table, start_leaf
 from rackcells.v1 import (
     allocation_service_pb2,
@@ -501,8 +504,9 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
         first, top_scans, leaf_scans, scanned = list_timings(leaves, top, args.pages, args.scans)
         hwm, rss = top.rss_mb()
 
-        # (a) GetNode, direct vs through the top
+        # (a) GetNode, direct vs through the top; and one bare gRPC hop for scale
         leaf_ms, top_ms = get_node_latency(leaves, top, per_cell, args.gets)
+        bare_direct, bare_relayed = grpc_hop.measure(args.gets)
 
         # (b) enrol-to-visible
         print(f"enrol-to-visible: {args.enrolments} enrolments, one at a time...", flush=True)
@@ -560,7 +564,24 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
                 "",
                 "",
             ),
+            *(
+                (
+                    f"p{pct}, one bare hop (no-op server / no-op relay)",
+                    ms(percentile(bare_direct, pct)),
+                    ms(percentile(bare_relayed, pct)),
+                    f"{percentile(bare_relayed, pct) / percentile(bare_direct, pct):.2f}",
+                    "",
+                    "",
+                )
+                for pct in (50, 95)
+            ),
         ],
+    )
+    print(
+        "  The bare rows: a server that does nothing, direct and through a relay that does "
+        "nothing but forward\n  (bench/grpc_hop.py); the top adds "
+        f"{ms(percentile(top_ms, 50) - percentile(leaf_ms, 50))} at p50, one bare hop adds "
+        f"{ms(percentile(bare_relayed, 50) - percentile(bare_direct, 50))}."
     )
     p99 = percentile(visible, 99)
     print_table(
