@@ -7,7 +7,6 @@ that do not fit the query are refused naming ``page_token``."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import functools
 import json
@@ -20,7 +19,17 @@ from typing import Any
 import pytest
 from cryptography.fernet import Fernet
 from google.protobuf import timestamp_pb2
-from top_router_fakes import FakeLeaf, compare, global_order, make_node, matches, random_node
+from top_router_fakes import (
+    TOKEN_KEY,
+    TOKENS,
+    FakeLeaf,
+    Federation,
+    compare,
+    global_order,
+    make_node,
+    matches,
+    random_node,
+)
 
 from common import page_tokens
 from common.errors import InvalidArgument, Unavailable
@@ -30,14 +39,10 @@ from top_cell import cross_list
 from top_cell.cross_list import (
     CellPage,
     Cursor,
-    PageTokens,
-    list_across_cells,
     merge_pages,
     query_fingerprint,
 )
 
-KEY = Fernet.generate_key()
-TOKENS = PageTokens(KEY)
 ORDERS = [
     "",
     "name desc",
@@ -114,34 +119,6 @@ def micro(node: node_pb2.Node) -> node_pb2.Node:
     for stamp in (node.create_time, node.update_time):
         stamp.nanos -= stamp.nanos % 1000
     return node
-
-
-class Federation:
-    def __init__(self, leaves: list[FakeLeaf]) -> None:
-        self.leaves = {leaf.cell: leaf for leaf in leaves}
-        self.down: set[str] = set()
-
-    async def lister(
-        self, cell: str, req: node_service_pb2.ListNodesRequest, timeout: float
-    ) -> node_service_pb2.ListNodesResponse:
-        await asyncio.sleep(0)
-        return self.leaves[cell].list_nodes(req)
-
-    def page(self, **request: Any) -> node_service_pb2.ListNodesResponse:
-        req = node_service_pb2.ListNodesRequest(parent="cells/-", **request)
-        return asyncio.run(
-            list_across_cells(
-                req,
-                cells=lambda: sorted(self.leaves),
-                reachable=lambda c: c not in self.down,
-                lister=self.lister,
-                tokens=TOKENS,
-                timeout=1.0,
-            )
-        )
-
-    def everything(self, flt: str = "") -> list[node_pb2.Node]:
-        return [n for leaf in self.leaves.values() for n in leaf.nodes.values() if matches(n, flt)]
 
 
 def random_fed(kinds: list[type[FakeLeaf]], rng: random.Random, sizes: list[int]) -> Federation:
@@ -432,7 +409,7 @@ def test_a_cell_down_after_a_partly_used_page_stays_unreachable_and_the_rest_com
 
 def _raw_token(payload: dict[str, Any]) -> str:
     raw = zlib.compress(json.dumps(payload).encode())
-    return Fernet(KEY).encrypt(raw).decode()
+    return Fernet(TOKEN_KEY).encrypt(raw).decode()
 
 
 def _refused(fed: Federation, **request: Any) -> InvalidArgument:

@@ -5,70 +5,27 @@ is asked."""
 
 from __future__ import annotations
 
-import asyncio
 import random
-from collections.abc import Iterator
 
 import grpc
 import pytest
-from cryptography.fernet import Fernet
-from top_router_fakes import FakeLeaf, global_order, make_node, matches, random_node
+from top_router_fakes import (
+    FakeLeaf,
+    Federation,
+    global_order,
+    make_node,
+    matches,
+    random_node,
+)
 
 from common.errors import InvalidArgument, Unavailable
 from common.listing import parse_order_by
-from rackcells.v1 import node_service_pb2
 from top_cell.cross_list import (
     DONE,
     CellPage,
     Cursor,
-    PageTokens,
-    list_across_cells,
     merge_pages,
 )
-
-TOKENS = PageTokens(Fernet.generate_key())
-
-
-class Federation:
-    """Fake leaves behind a lister, as the router wires them."""
-
-    def __init__(self, leaves: list[FakeLeaf]) -> None:
-        self.leaves = {leaf.cell: leaf for leaf in leaves}
-        self.down: set[str] = set()
-
-    async def lister(
-        self, cell: str, req: node_service_pb2.ListNodesRequest, timeout: float
-    ) -> node_service_pb2.ListNodesResponse:
-        await asyncio.sleep(0)
-        return self.leaves[cell].list_nodes(req)
-
-    def page(self, **request: object) -> node_service_pb2.ListNodesResponse:
-        req = node_service_pb2.ListNodesRequest(parent="cells/-", **request)  # type: ignore[arg-type]
-        return asyncio.run(
-            list_across_cells(
-                req,
-                cells=lambda: sorted(self.leaves),
-                reachable=lambda c: c not in self.down,
-                lister=self.lister,
-                tokens=TOKENS,
-                timeout=1.0,
-            )
-        )
-
-    def pages(
-        self, page_token: str = "", **request: object
-    ) -> Iterator[node_service_pb2.ListNodesResponse]:
-        token = page_token
-        for _ in range(10_000):
-            page = self.page(page_token=token, **request)
-            yield page
-            token = page.next_page_token
-            if not token:
-                return
-        raise AssertionError("listing never ended")
-
-    def names(self, **request: object) -> list[str]:
-        return [n.name for page in self.pages(**request) for n in page.nodes]
 
 
 def fed_of(sizes: dict[str, int], rng: random.Random) -> Federation:

@@ -8,16 +8,19 @@ Imported by the test modules of this directory (pytest puts the directory on sys
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
+from cryptography.fernet import Fernet
 from google.protobuf import timestamp_pb2
 
 from common.listing import OrderBy, parse_filter, parse_order_by
 from rackcells.v1 import node_pb2, node_service_pb2
+from top_cell.cross_list import PageTokens, list_across_cells
 
 PROVISION = ["ENROLL", "MANAGEABLE", "AVAILABLE", "ACTIVE", "DEPLOY_FAILED"]
 POWER = ["ON", "OFF", "UNKNOWN", "UNSPECIFIED"]
@@ -148,3 +151,53 @@ class FakeLeaf:
                 {"after": ordered[size - 1].SerializeToString().hex()}
             )
         return response
+
+
+#: The key the fake federations seal their page tokens with (tests forge tokens with it).
+TOKEN_KEY = Fernet.generate_key()
+TOKENS = PageTokens(TOKEN_KEY)
+
+
+class Federation:
+    """Fake leaves behind a lister, as the router wires them; ``down`` cells are unreachable."""
+
+    def __init__(self, leaves: list[FakeLeaf]) -> None:
+        self.leaves = {leaf.cell: leaf for leaf in leaves}
+        self.down: set[str] = set()
+
+    async def lister(
+        self, cell: str, req: node_service_pb2.ListNodesRequest, timeout: float
+    ) -> node_service_pb2.ListNodesResponse:
+        await asyncio.sleep(0)
+        return self.leaves[cell].list_nodes(req)
+
+    def page(self, **request: Any) -> node_service_pb2.ListNodesResponse:
+        req = node_service_pb2.ListNodesRequest(parent="cells/-", **request)
+        return asyncio.run(
+            list_across_cells(
+                req,
+                cells=lambda: sorted(self.leaves),
+                reachable=lambda c: c not in self.down,
+                lister=self.lister,
+                tokens=TOKENS,
+                timeout=1.0,
+            )
+        )
+
+    def pages(
+        self, page_token: str = "", **request: Any
+    ) -> Iterator[node_service_pb2.ListNodesResponse]:
+        token = page_token
+        for _ in range(10_000):
+            page = self.page(page_token=token, **request)
+            yield page
+            token = page.next_page_token
+            if not token:
+                return
+        raise AssertionError("listing never ended")
+
+    def names(self, **request: Any) -> list[str]:
+        return [n.name for page in self.pages(**request) for n in page.nodes]
+
+    def everything(self, flt: str = "") -> list[node_pb2.Node]:
+        return [n for leaf in self.leaves.values() for n in leaf.nodes.values() if matches(n, flt)]
