@@ -1,6 +1,6 @@
 """NodeService inventory calls answer the same directly at a leaf and through the top cell:
-CreateNode, GetNode, ListNodes (every filter field, order_by, paging over ``cells/{cell}`` and
-``cells/-``), UpdateNode with etags, DeleteNode.
+CreateNode, BatchCreateNodes, GetNode, ListNodes (every filter field, order_by, paging over
+``cells/{cell}`` and ``cells/-``), UpdateNode with etags, DeleteNode.
 
 Each test works on nodes of its own resource class, so that the two runs (``leaf`` and ``top``)
 of one body, which share the leaf, never see each other's nodes.
@@ -87,6 +87,30 @@ def test_a_taken_node_id_or_mac_is_already_exists_and_changes_nothing(api: Api) 
     assert taken.code() == grpc.StatusCode.ALREADY_EXISTS, taken.details()
     assert api.list_names(filter=f'resource_class = "{rc}"') == [first.name]
     assert api.get(node_id) == first
+
+
+def test_a_batch_enrols_every_node_or_none(api: Api) -> None:
+    rc = unique("rc-")
+    items = [(unique("n"), fake_node(rc, macs=[new_mac()])) for _ in range(3)]
+
+    def batch(*pairs: tuple[str, node_pb2.Node]) -> node_service_pb2.BatchCreateNodesRequest:
+        return node_service_pb2.BatchCreateNodesRequest(
+            parent=api.parent,
+            requests=[node_service_pb2.CreateNodeRequest(node_id=i, node=n) for i, n in pairs],
+        )
+
+    created = api.nodes.BatchCreateNodes(batch(*items), timeout=RPC_GUARD).nodes
+    assert [n.name for n in created] == [api.name(node_id) for node_id, _ in items]
+    assert [api.get(node_id) for node_id, _ in items] == list(created)
+
+    # One request of the batch repeats a node id that exists: nothing of the batch is enrolled.
+    refused = rpc_error(
+        api.nodes.BatchCreateNodes,
+        batch((unique("n"), fake_node(rc, macs=[new_mac()])), (items[0][0], fake_node(rc))),
+    )
+    assert refused.code() == grpc.StatusCode.ALREADY_EXISTS, refused.details()
+    assert "requests[1]" in (refused.details() or "")
+    assert api.list_names(filter=f'resource_class = "{rc}"') == sorted(n.name for n in created)
 
 
 def test_a_node_of_a_cell_that_does_not_exist_is_not_found(api: Api) -> None:
