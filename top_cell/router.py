@@ -15,8 +15,9 @@ database look-up, and forwarded to the owning leaf as the same method:
 A client therefore sees the same answers through the top as directly at the leaf. The top adds
 only what a single leaf cannot know: cross-cell MAC uniqueness on CreateNode, BatchCreateNodes
 and UpdateNode, listings over ``cells/-`` (:mod:`top_cell.cross_list`), look-ups by uid or MAC
-through the inventory index, and a merged WatchNodes over ``cells/-``. Before its MAC look-up it runs the leaf's own request
-checks (:mod:`common.node_checks`), so that what it adds never changes the answer to bad input.
+through the inventory index, and a merged WatchNodes over ``cells/-``. Before its MAC look-up it
+runs the leaf's own request checks (:mod:`common.node_checks`), so that what it adds never
+changes the answer to bad input.
 """
 
 from __future__ import annotations
