@@ -27,8 +27,6 @@ import asyncio
 import collections
 import os
 import random
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -41,7 +39,7 @@ from google.longrunning import operations_pb2, operations_pb2_grpc
 from google.protobuf import duration_pb2
 
 from bench import grpc_hop
-from bench.harness import ROOT, Leaf, percentile, print_table, start_leaf
+from bench.harness import Leaf, Server, percentile, print_table, spawn, start_leaf
 from rackcells.v1 import (
     allocation_service_pb2,
     allocation_service_pb2_grpc,
@@ -71,10 +69,7 @@ def ms(seconds: float) -> str:
 
 
 @dataclass
-class Top:
-    process: subprocess.Popen[bytes]
-    endpoint: str
-
+class Top(Server):
     def rss_mb(self) -> tuple[float, float]:
         """(VmHWM, VmRSS) of the top cell in MiB."""
         found = {}
@@ -84,52 +79,14 @@ class Top:
                 found[key] = int(value.split()[0]) / 1024
         return found.get("VmHWM", float("nan")), found.get("VmRSS", float("nan"))
 
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
 
 def start_top(leaves: Sequence[Leaf], workdir: Path) -> Top:
     registry = workdir / "cells.yaml"
     registry.write_text(
         yaml.safe_dump({"cells": [{"name": x.cell, "endpoint": x.endpoint} for x in leaves]})
     )
-    port_file = workdir / "top.port"
-    log = (workdir / "top.log").open("wb")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "top_cell.main",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--db",
-            f"sqlite:///{workdir / 'top.db'}",
-            "--registry",
-            f"static:{registry}",
-            "--port-file",
-            str(port_file),
-            "--log-level",
-            "WARNING",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd=ROOT,
-    )
-    deadline = time.monotonic() + 60
-    while not port_file.exists() or not port_file.read_text().strip():
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"the top cell did not start; see {workdir / 'top.log'}")
-        time.sleep(0.05)
-    return Top(process, f"127.0.0.1:{int(port_file.read_text())}")
-
-
-# -- enrolment ------------------------------------------------------------------------------------
+    args = ["--db", f"sqlite:///{workdir / 'top.db'}", "--registry", f"static:{registry}"]
+    return Top(*spawn("top_cell.main", args, "top", workdir))
 
 
 def bulk_node(cell_no: int, i: int) -> node_pb2.Node:

@@ -68,12 +68,11 @@ def tree_cpu_seconds(pid: int) -> float:
 
 
 @dataclass
-class Leaf:
-    """A leaf cell running as a subprocess."""
+class Server:
+    """A cell server running as a subprocess of the benchmark."""
 
     process: subprocess.Popen[bytes]
     endpoint: str
-    cell: str
 
     def stop(self) -> None:
         self.process.terminate()
@@ -84,28 +83,34 @@ class Leaf:
             self.process.wait()
 
 
-def start_leaf(cell: str, db_url: str, workdir: Path, extra_args: Sequence[str] = ()) -> Leaf:
-    """Starts ``rackcells-leaf serve`` on a free loopback port and waits until it serves."""
-    port_file = workdir / f"{cell}.port"
+@dataclass
+class Leaf(Server):
+    """A leaf cell running as a subprocess."""
+
+    cell: str
+
+
+def spawn(
+    module: str, args: Sequence[str], name: str, workdir: Path
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Starts ``python -m MODULE serve ARGS`` on a free loopback port, logging to
+    ``workdir/NAME.log``, and waits until its port file says it serves."""
+    port_file = workdir / f"{name}.port"
     port_file.unlink(missing_ok=True)
-    log = (workdir / f"{cell}.log").open("wb")
+    log = (workdir / f"{name}.log").open("wb")
     process = subprocess.Popen(
         [
             sys.executable,
             "-m",
-            "leaf_cell.main",
+            module,
             "serve",
-            "--cell",
-            cell,
             "--listen",
             "127.0.0.1:0",
-            "--db",
-            db_url,
             "--port-file",
             str(port_file),
             "--log-level",
             "WARNING",
-            *extra_args,
+            *args,
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -114,9 +119,17 @@ def start_leaf(cell: str, db_url: str, workdir: Path, extra_args: Sequence[str] 
     deadline = time.monotonic() + 60
     while not port_file.exists() or not port_file.read_text().strip():
         if process.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"leaf {cell} did not start; see {workdir / (cell + '.log')}")
+            raise RuntimeError(f"{name} did not start; see {workdir / (name + '.log')}")
         time.sleep(0.05)
-    return Leaf(process, f"127.0.0.1:{int(port_file.read_text())}", cell)
+    return process, f"127.0.0.1:{int(port_file.read_text())}"
+
+
+def start_leaf(cell: str, db_url: str, workdir: Path, extra_args: Sequence[str] = ()) -> Leaf:
+    """Starts ``rackcells-leaf serve`` on a free loopback port and waits until it serves."""
+    process, endpoint = spawn(
+        "leaf_cell.main", ["--cell", cell, "--db", db_url, *extra_args], cell, workdir
+    )
+    return Leaf(process, endpoint, cell)
 
 
 def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
