@@ -254,8 +254,8 @@ def test_named_call_reaches_its_cell_with_metadata_and_deadline(f: Fed) -> None:
     assert seen.metadata["traceparent"].startswith("00-0af7651916cd43dd")
     assert seen.metadata["x-extra-bin"] == b"\x00\x01"
     assert "caller-agent" not in seen.metadata.get("user-agent", "")
-    # The caller's deadline, not a longer one: gRPC sends a timeout rounded up to a few
-    # significant digits on each hop, so the leaf may see a few milliseconds more than 3 s.
+    # The caller's deadline, not a longer one. gRPC turns a deadline into each hop's timeout
+    # with a clock it caches, so on a busy machine the leaf may see a few ms more than 3 s.
     assert seen.remaining is not None and 1.0 < seen.remaining <= 3.0 + 0.05
 
 
