@@ -49,7 +49,8 @@ def build_server(
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     """Creates (not starts) an asyncio gRPC server with the given services, health and reflection.
 
-    Returns the server, the bound port (useful with port 0) and the health servicer, whose
+    ``listen`` is ``HOST:PORT`` or ``unix:PATH``. Returns the server, the bound port (useful
+    with port 0; not a port for a Unix socket) and the health servicer, whose
     statuses the caller sets to SERVING once it is ready.
     """
     del max_workers_hint
@@ -68,8 +69,11 @@ def build_server(
         names.append(binding.full_name)
     names.append(reflection.SERVICE_NAME)
     reflection.enable_server_reflection(names, server)
-    host, port = parse_hostport(listen, "listen")
-    bound = server.add_insecure_port(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    if listen.startswith("unix:"):
+        bound = server.add_insecure_port(listen)
+    else:
+        host, port = parse_hostport(listen, "listen")
+        bound = server.add_insecure_port(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
     if bound == 0:
         raise OSError(f"cannot listen on {listen}")
     return server, bound, health_servicer

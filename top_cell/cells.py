@@ -231,6 +231,13 @@ class CellDirectory:
         c = self._get(cell)
         return c.info.version or c.version
 
+    def endpoint(self, cell: str) -> str | None:
+        """Where a call for the cell goes: its endpoint unless it is unknown or DOWN."""
+        c = self._cells.get(cell)
+        if c is None or not c.info.endpoint or self._down_reason(c) is not None:
+            return None
+        return c.info.endpoint
+
     def channel(self, cell: str, *, allow_down: bool = False) -> grpc.aio.Channel:
         """The cell's channel. Raises NotFound for an unknown cell and Unavailable for a DOWN
         one (unless ``allow_down``: the inventory stream needs it to find out it is back)."""

@@ -97,6 +97,10 @@ class CellChannels(Protocol):
         """The leaf's channel; raises NotFound for an unknown cell, Unavailable when DOWN."""
         ...
 
+    def endpoint(self, cell: str) -> str | None:
+        """HOST:PORT of a known cell that is not DOWN (what :mod:`top_cell.front` relays to)."""
+        ...
+
 
 class AddressIndex(Protocol):
     """What the router needs of :class:`top_cell.inventory.Inventory`: uid and MAC → cell."""

@@ -3,7 +3,8 @@
 The top cell is put together in two steps. :func:`assemble` builds the federation-facing parts
 (the registry of leaves, the directory of their channels, the inventory derived from their
 streams, and the servicers of CellService, CapacityService and AllocationService).
-:func:`start` adds the router (NodeService and Operations), health and reflection, and serves.
+:func:`start` adds the router (NodeService and Operations), health and reflection, serves them on
+a private Unix socket, and puts :mod:`top_cell.front` on the public address in front of them.
 Tests hand :func:`start` their own :class:`TopParts` to run the router against leaves they
 started, without a registry file.
 """
@@ -47,6 +48,7 @@ from top_cell.capacity_servicer import CapacityServicer
 from top_cell.cell_servicer import CellServicer
 from top_cell.config import TopConfig
 from top_cell.cross_list import PageTokens
+from top_cell.front import Front, FrontSocket, private_socket
 from top_cell.inventory import start_inventory
 from top_cell.registry import make_registry
 from top_cell.router import (
@@ -90,10 +92,14 @@ class TopServer:
     health: health.aio.HealthServicer
     services: tuple[str, ...]
     parts: TopParts
+    front: Front
+    socket: FrontSocket
 
     async def stop(self, grace: float = 5.0) -> None:
         await mark_not_serving(self.health, self.services)
+        await self.front.close(grace)
         await self.server.stop(grace)
+        self.socket.remove()
         for stop in reversed(self.parts.stoppers):
             try:
                 await stop()
@@ -175,19 +181,27 @@ async def start(config: TopConfig, parts: TopParts | None = None) -> TopServer:
         ),
         *parts.services,
     ]
+    socket = private_socket()
+    front = Front(parts.cells, socket.path)
     try:
-        server, port, health_servicer = build_server(config.listen, bindings)
+        server, _, health_servicer = build_server(socket.address, bindings)
         await server.start()
+        port = await front.listen(config.listen)
     except BaseException:
+        await front.close(0)
+        socket.remove()
         for stop in reversed(parts.stoppers):
             await stop()
         raise
+    on_change = getattr(parts.cells, "on_change", None)
+    if on_change is not None:
+        on_change(front.cell_changed)
     services = tuple(b.full_name for b in bindings)
     await mark_serving(health_servicer, services)
     if config.port_file:
         Path(config.port_file).write_text(f"{port}\n")
     log.info("top cell serving on port %d (registry %s)", port, config.registry)
-    return TopServer(config, server, port, health_servicer, services, parts)
+    return TopServer(config, server, port, health_servicer, services, parts, front, socket)
 
 
 async def run(config: TopConfig) -> None:

@@ -109,6 +109,11 @@ class FakeDirectory:
     def is_reachable(self, cell: str) -> bool:
         return cell not in self.down
 
+    def endpoint(self, cell: str) -> str | None:
+        if cell not in self.ports or cell in self.down:
+            return None
+        return f"127.0.0.1:{self.ports[cell]}"
+
     def channel(self, cell: str) -> grpc.aio.Channel:
         if cell not in self.ports:
             raise NotFound(f"cell {cell} is not known", metadata={"cell": f"cells/{cell}"})
