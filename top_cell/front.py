@@ -49,8 +49,11 @@ log = logging.getLogger(__name__)
 INTERNAL = "internal"
 """The pool key of the top's own gRPC server."""
 CONNECT_TIMEOUT = 5.0
-MAX_ROUTING_BYTES = 1 << 20
-"""A routed call's first message must arrive within this many bytes; larger ones go inside."""
+MAX_ROUTING_BYTES = 64 * 1024
+"""A call the front could relay straight names its cell in a small first message (a name, a
+parent, a filter). One that has sent this much without completing it goes to the top's own
+servicers instead: bytes held while deciding are not credited back, so waiting for more could
+stall on the caller's flow-control window."""
 USER_AGENT = b"rackcells-top"
 
 
@@ -196,7 +199,7 @@ class _Call:
             endpoint = front.routes.endpoint(cell) if cell is not None else None
             if endpoint is not None:
                 self.cell, self.target = cell or "", endpoint
-            elif cell is not None or self.client_ended or len(self.body) > MAX_ROUTING_BYTES:
+            elif cell is not None or self.client_ended or len(self.body) >= MAX_ROUTING_BYTES:
                 self.target = INTERNAL
             elif len(self.body) >= 5 and len(self.body) >= 5 + int.from_bytes(self.body[1:5]):
                 self.target = INTERNAL  # a whole first message, but not a plain relay
