@@ -1,17 +1,12 @@
-"""Just enough HTTP/2 (RFC 9113) to relay gRPC calls frame by frame: framing, HPACK through the
-``hpack`` package on the way in and plain literals on the way out, SETTINGS, PING, GOAWAY and
-flow control in both directions.
+"""Just enough HTTP/2 (RFC 9113) to relay gRPC calls frame by frame: framing, SETTINGS, PING,
+GOAWAY and flow control in both directions; header blocks are :mod:`top_cell.hpack_blocks`.
 
 :class:`H2Connection` is one end of one TCP (or Unix) connection. It answers what the protocol
 asks of it by itself (SETTINGS acknowledgements, PING replies, window bookkeeping) and hands
 the rest to its subclass as whole header blocks, data chunks, resets and goaways.
 
 What it deliberately leaves out, because a gRPC relay never needs it: server push (disabled in
-the SETTINGS it sends), priorities (ignored), and an HPACK dynamic table of its own (every
-header goes out as a literal that is not indexed, after a table-size update to zero, so no
-SETTINGS the peer sends can make the encoder wrong). Each header block is decoded once on the
-way in; nothing is re-compressed on the way out, which costs some bytes on the wire and saves
-the CPU that matters more here.
+the SETTINGS it sends) and priorities (ignored).
 
 Flow control: this end advertises large windows (:data:`STREAM_WINDOW`, :data:`CONN_WINDOW`)
 and gives credit back only once the bytes have been handed on (see ``on_sent`` in
@@ -32,6 +27,8 @@ from functools import partial
 
 import hpack
 
+from top_cell.hpack_blocks import BlockDecoder, Headers, encode_headers
+
 __all__ = [
     "CANCEL",
     "CONN_WINDOW",
@@ -40,7 +37,6 @@ __all__ = [
     "STREAM_WINDOW",
     "H2Connection",
     "Headers",
-    "encode_headers",
 ]
 
 log = logging.getLogger(__name__)
@@ -65,7 +61,6 @@ STREAM_WINDOW = 1 << 20
 CONN_WINDOW = 16 << 20
 """Receive window this end keeps open per connection."""
 
-Headers = list[tuple[bytes, bytes]]
 
 # While a connection handles what it received, writes of every connection are held here and
 # written once at the end (see H2Connection.data_received); the loop runs one callback at a time.
@@ -84,32 +79,6 @@ class ProtocolError(Exception):
 def frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
     n = len(payload)
     return struct.pack(">BHBBI", n >> 16, n & 0xFFFF, kind, flags, stream) + payload
-
-
-def _int(value: int, prefix_bits: int, first: int) -> bytes:
-    """An HPACK integer (RFC 7541 §5.1) with ``first`` holding the bits above the prefix."""
-    limit = (1 << prefix_bits) - 1
-    if value < limit:
-        return bytes((first | value,))
-    out = bytearray((first | limit,))
-    value -= limit
-    while value >= 128:
-        out.append(value & 127 | 128)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-_TABLE_SIZE_ZERO = _int(0, 5, 0x20)
-
-
-def encode_headers(headers: Headers) -> bytes:
-    """A header block of literals never added to a dynamic table, opened by a dynamic table
-    size update to zero (so it is valid whatever table size the peer allows)."""
-    parts = [_TABLE_SIZE_ZERO]
-    for name, value in headers:
-        parts += (b"\x00", _int(len(name), 7, 0), name, _int(len(value), 7, 0), value)
-    return b"".join(parts)
 
 
 def _unpad(flags: int, payload: bytes) -> bytes:
@@ -141,7 +110,7 @@ class H2Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self._buffer = bytearray()
         self._preface_pending = not self.client_side
-        self._decoder = hpack.Decoder()
+        self._decoder = BlockDecoder()
         self._continuing: tuple[int, int, bytearray] | None = None  # stream, flags, block
         self._peer_window = DEFAULT_WINDOW
         self._peer_frame = DEFAULT_FRAME
@@ -297,10 +266,10 @@ class H2Connection(asyncio.Protocol):
 
     def _headers(self, stream: int, flags: int, block: bytes) -> None:
         try:
-            decoded = self._decoder.decode(block, raw=True)
+            decoded = self._decoder.decode(block)
         except hpack.HPACKError as exc:
             raise ProtocolError(f"bad header block: {exc}", COMPRESSION_ERROR) from None
-        self.on_headers(stream, list(decoded), bool(flags & END_STREAM))
+        self.on_headers(stream, decoded, bool(flags & END_STREAM))
 
     def _settings(self, payload: bytes) -> None:
         for offset in range(0, len(payload) - len(payload) % 6, 6):

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import hpack
 import pytest
 from google.longrunning import operations_pb2
 from grpc_status import rpc_status
@@ -22,7 +21,6 @@ from common.server import ServiceBinding, build_server
 from rackcells.v1 import node_pb2, node_service_pb2, node_service_pb2_grpc
 from top_cell.config import TopConfig
 from top_cell.front import cell_of_call, error_headers
-from top_cell.h2wire import encode_headers
 from top_cell.server import TopParts, start
 
 BIG = 3 * 1024 * 1024  # past every default HTTP/2 window (64 KiB) and the front's (1 MiB)
@@ -81,16 +79,6 @@ def test_incomplete_or_compressed_first_messages_are_not_routed() -> None:
     assert cell_of_call(NODE + b"GetNode", whole[:-1]) is None
     assert cell_of_call(NODE + b"GetNode", b"\x01" + whole[1:]) is None
     assert cell_of_call(NODE + b"GetNode", whole[:3]) is None
-
-
-def test_header_blocks_decode_to_what_went_in() -> None:
-    headers = [
-        (b":status", b"200"),
-        (b"content-type", b"application/grpc"),
-        (b"x-long", b"v" * 300),  # a length past the 7-bit prefix
-        (b"x-" + b"n" * 200, b""),
-    ]
-    assert hpack.Decoder().decode(encode_headers(headers), raw=True) == headers
 
 
 def test_error_trailers_carry_status_and_details() -> None:
