@@ -1,12 +1,13 @@
-"""The cost of one gRPC hop on this machine, for reading the federation's GetNode ratio.
+"""The cost of one hop on this machine, for reading the federation's GetNode ratio.
 
-Two tiny servers, each its own process like a leaf and the top: an *echo* NodeService whose
-GetNode returns a fixed node without doing anything, and a *relay* that forwards GetNode to the
-echo as the top's router does (grpc.aio, raw bytes both ways). Timing GetNode at the echo and
-through the relay gives the ratio that one extra Python gRPC hop alone produces when the server
-behind it does no work; a real leaf's work is what brings the federation's ratio below it.
+Three tiny processes, like a leaf and the top: an *echo* NodeService whose GetNode returns a
+fixed node without doing anything; a *gRPC relay* that forwards GetNode to the echo the way a
+gRPC proxy written with grpc.aio would (raw bytes both ways); and the top's own *front*
+(:mod:`top_cell.front`), which relays the call's HTTP/2 frames. Timing GetNode at the echo and
+through each relay shows what one hop costs when the server behind it does no work, and why the
+top relays frames instead of terminating gRPC.
 
-    .venv/bin/python -m bench.grpc_hop            # prints p50/p95 direct, relayed, ratio
+    .venv/bin/python -m bench.grpc_hop            # p50/p95 direct, through each relay, ratios
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 
 from bench.harness import percentile
 from rackcells.v1 import node_pb2, node_service_pb2, node_service_pb2_grpc
+from top_cell.front import Front
 
 _SERVICE = "rackcells.v1.NodeService"
 _NODE = node_pb2.Node(name="cells/c/nodes/n1", uid="0" * 36, resource_class="baremetal")
@@ -40,6 +43,22 @@ def _handler(behaviour: object) -> grpc.GenericRpcHandler:
             )
         },
     )
+
+
+class _Everywhere:
+    """Routes for the front: every cell lives at the echo."""
+
+    def __init__(self, endpoint: str) -> None:
+        self._endpoint = endpoint
+
+    def endpoint(self, cell: str) -> str | None:
+        return self._endpoint
+
+
+async def _serve_front(target: str) -> None:
+    front = Front(_Everywhere(target), "/nonexistent")  # nothing falls back in this benchmark
+    print(await front.listen("127.0.0.1:0"), flush=True)
+    await asyncio.Event().wait()
 
 
 async def _serve(target: str | None) -> None:
@@ -81,22 +100,39 @@ def _process(*args: str) -> Iterator[str]:
         proc.wait(timeout=10)
 
 
-def measure(samples: int) -> tuple[list[float], list[float]]:
-    """GetNode latencies (seconds) at the echo and through the relay, interleaved."""
-    with _process("echo") as echo, _process("relay", echo) as relay:
-        stubs = [
-            node_service_pb2_grpc.NodeServiceStub(grpc.insecure_channel(address))
-            for address in (echo, relay)
+@dataclass
+class Hops:
+    """GetNode latencies (seconds): at the echo, through a gRPC relay, through the front."""
+
+    direct: list[float] = field(default_factory=list)
+    grpc_relay: list[float] = field(default_factory=list)
+    front: list[float] = field(default_factory=list)
+
+
+def measure(samples: int) -> Hops:
+    """The three ways, interleaved in a rotating order after a warm-up of each channel."""
+    hops = Hops()
+    with (
+        _process("echo") as echo,
+        _process("relay", echo) as relay,
+        _process("front", echo) as front,
+    ):
+        ways = [
+            (node_service_pb2_grpc.NodeServiceStub(grpc.insecure_channel(address)), into)
+            for address, into in (
+                (echo, hops.direct),
+                (relay, hops.grpc_relay),
+                (front, hops.front),
+            )
         ]
         request = node_service_pb2.GetNodeRequest(name=_NODE.name)
-        times: tuple[list[float], list[float]] = ([], [])
         for k in range(samples + 50):
-            for which in (0, 1) if k % 2 else (1, 0):
+            for stub, into in ways[k % 3 :] + ways[: k % 3]:
                 t0 = time.perf_counter()
-                stubs[which].GetNode(request, timeout=30)
+                stub.GetNode(request, timeout=30)
                 if k >= 50:  # warm-up
-                    times[which].append(time.perf_counter() - t0)
-        return times
+                    into.append(time.perf_counter() - t0)
+    return hops
 
 
 def main() -> None:
@@ -105,12 +141,19 @@ def main() -> None:
     parser.add_argument("--serve", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        asyncio.run(_serve(args.serve[1] if args.serve[0] == "relay" else None))
+        kind, target = args.serve[0], args.serve[1] if len(args.serve) > 1 else None
+        if kind == "front" and target is not None:
+            asyncio.run(_serve_front(target))
+        else:
+            asyncio.run(_serve(target))
         return
-    direct, relayed = measure(args.samples)
+    hops = measure(args.samples)
     for pct in (50, 95):
-        d, r = percentile(direct, pct), percentile(relayed, pct)
-        print(f"p{pct}: direct {d * 1000:.2f} ms, relayed {r * 1000:.2f} ms, ratio {r / d:.2f}")
+        d, g, f = (percentile(x, pct) for x in (hops.direct, hops.grpc_relay, hops.front))
+        print(
+            f"p{pct}: direct {d * 1000:.2f} ms; gRPC relay {g * 1000:.2f} ms (ratio {g / d:.2f}); "
+            f"front {f * 1000:.2f} ms (ratio {f / d:.2f})"
+        )
 
 
 if __name__ == "__main__":
