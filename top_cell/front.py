@@ -199,6 +199,7 @@ class _Call:
             endpoint = front.routes.endpoint(cell) if cell is not None else None
             if endpoint is not None:
                 self.cell, self.target = cell or "", endpoint
+                front.endpoints[self.cell] = endpoint
             elif cell is not None or self.client_ended or len(self.body) >= MAX_ROUTING_BYTES:
                 self.target = INTERNAL
             elif len(self.body) >= 5 and len(self.body) >= 5 + int.from_bytes(self.body[1:5]):
@@ -432,6 +433,10 @@ class _Pool:
             if not call.over:
                 conn.start(call)
 
+    def connection(self, target: str) -> Upstream | None:
+        """The live connection to ``target``, if there is one."""
+        return self._live.get(target)
+
     def forget(self, conn: Upstream) -> None:
         if self._live.get(conn.target) is conn:
             del self._live[conn.target]
@@ -465,7 +470,8 @@ class Front:
         self.downstreams: set[Downstream] = set()
         self.closing = False
         self._server: asyncio.Server | None = None
-        self._endpoints: dict[str, str] = {}
+        self.endpoints: dict[str, str] = {}
+        """Where each cell's calls were last relayed: what :meth:`cell_changed` compares."""
 
     async def listen(self, listen: str) -> int:
         host, port = parse_hostport(listen, "listen")
@@ -478,9 +484,7 @@ class Front:
         """A cell went DOWN or moved: the connection to where it was is no longer trusted
         (a half-open TCP connection would otherwise swallow calls until their deadlines)."""
         now = self.routes.endpoint(cell)
-        before = self._endpoints.pop(cell, None)
-        if now is not None:
-            self._endpoints[cell] = now
+        before = self.endpoints.pop(cell, None)
         if before is not None and before != now:
             self.pool.drop(before)
 

@@ -21,7 +21,7 @@ from common.server import ServiceBinding, build_server
 from rackcells.v1 import node_pb2, node_service_pb2, node_service_pb2_grpc
 from top_cell.config import TopConfig
 from top_cell.front import cell_of_call, error_headers
-from top_cell.server import TopParts, start
+from top_cell.server import TopParts, TopServer, start
 
 BIG = 3 * 1024 * 1024  # past every default HTTP/2 window (64 KiB) and the front's (1 MiB)
 EVENTS = 400
@@ -123,6 +123,7 @@ class BigLeaf(node_service_pb2_grpc.NodeServiceServicer):
 class Directory:
     def __init__(self, endpoints: dict[str, str]) -> None:
         self.endpoints = endpoints
+        self.down: set[str] = set()
 
     def names(self) -> list[str]:
         return sorted(self.endpoints)
@@ -131,11 +132,11 @@ class Directory:
         return True
 
     def endpoint(self, cell: str) -> str | None:
-        return self.endpoints.get(cell)
+        return None if cell in self.down else self.endpoints.get(cell)
 
     def channel(self, cell: str) -> grpc.aio.Channel:
-        if cell not in self.endpoints:
-            raise Unavailable(f"cell {cell} is not known")
+        if cell not in self.endpoints or cell in self.down:
+            raise Unavailable(f"cell {cell} is down")
         return grpc.aio.insecure_channel(self.endpoints[cell])
 
 
@@ -143,6 +144,8 @@ class Directory:
 class Top:
     stub: node_service_pb2_grpc.NodeServiceStub
     seen: LeafSeen
+    server: TopServer
+    directory: Directory
 
 
 async def _hang_up_server() -> tuple[asyncio.AbstractServer, int]:
@@ -185,7 +188,7 @@ def top(leaf_loop: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[To
     )
     server = leaf_loop.run(start(config, TopParts(cells=directory)))  # type: ignore[arg-type]
     channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
-    yield Top(node_service_pb2_grpc.NodeServiceStub(channel), seen)
+    yield Top(node_service_pb2_grpc.NodeServiceStub(channel), seen, server, directory)
     channel.close()
     leaf_loop.run(server.stop(0))
     hang_up.close()
@@ -232,3 +235,29 @@ def test_a_request_too_big_to_route_still_gets_its_answer_from_the_router(top: T
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     # ... and the connection is still good afterwards
     assert top.stub.GetNode(node_service_pb2.GetNodeRequest(name="cells/r1/nodes/a")).name
+
+
+def test_a_cell_gone_down_loses_its_connection_and_gets_a_new_one_when_back(
+    top: Top, leaf_loop: Any
+) -> None:
+    request = node_service_pb2.GetNodeRequest(name="cells/r1/nodes/a")
+    assert top.stub.GetNode(request, timeout=10).name == request.name
+    front = top.server.front
+    endpoint = front.endpoints["r1"]
+    relayed = front.pool.connection(endpoint)
+    assert relayed is not None
+
+    top.directory.down.add("r1")
+    leaf_loop.run(_changed(front, "r1"))
+    assert front.pool.connection(endpoint) is None
+    with pytest.raises(grpc.RpcError) as info:  # the router answers for a DOWN cell
+        top.stub.GetNode(request, timeout=10)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+
+    top.directory.down.discard("r1")
+    assert top.stub.GetNode(request, timeout=10).name == request.name
+    assert front.pool.connection(endpoint) not in (None, relayed)
+
+
+async def _changed(front: Any, cell: str) -> None:
+    front.cell_changed(cell)
