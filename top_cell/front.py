@@ -260,7 +260,8 @@ class _Call:
     def leaf_lost(self) -> None:
         where = f"cell {self.cell}" if self.cell else "the top cell's router"
         meta = {"cell": f"cells/{self.cell}"} if self.cell else {}
-        self.fail(Unavailable(f"{where} went away before it answered", metadata=meta))
+        why = f"{where} closed the connection before the call ended"
+        self.fail(Unavailable(why, metadata=meta))
 
     def fail(self, err: RackcellsError) -> None:
         if self.over:
