@@ -6,7 +6,9 @@ downloads from the source (one is the goal: the leaf's cache is single-flight) a
 time went per phase. The floor is one deploy on an unloaded rack, measured first. The CPU
 columns are what the leaf and the simulated rack (its agents download, hash and verify every
 image) used during the deploys: on a two-core host their sum over the total time shows how
-much of the machine the run had.
+much of the machine the run had. The last lines give the lowest mean this host allows at each
+level, whatever the leaf does (:mod:`bench.transfer_cost`): the floor plus the wait for the other
+machines' images when the cores can send, receive and checksum only so many at a time.
 
     .venv/bin/python -m bench.deploy [--nodes 100] [--image-mib 64] [--levels 1,10,100]
 """
@@ -27,6 +29,7 @@ from google.protobuf import json_format
 from bench.harness import mean, percentile, print_table, start_leaf, tree_cpu_seconds
 from bench.imagesource import ImageSource, make_image
 from bench.sim import start_rack
+from bench.transfer_cost import image_cpu_seconds, lowest_mean
 from rackcells.v1 import node_pb2, node_service_pb2, node_service_pb2_grpc
 
 PHASES = ("queued", "image_cache", "power_on", "pxe", "agent_lookup", "image_write", "reboot")
@@ -193,6 +196,7 @@ def main() -> None:
         workdir = Path(tmp)
         (workdir / "images").mkdir()
         checksum = make_image(workdir / "images" / "os.img", args.image_mib << 20)
+        sender, receiver = image_cpu_seconds(workdir / "images" / "os.img")
         rows = []
         phase_rows = []
         floor_run = None
@@ -262,10 +266,16 @@ def main() -> None:
                 cpu = float(row[6]) + float(row[7])
                 after_post = max(float(row[1]) - args.post_seconds, 1e-9)
                 busy = cpu / (cores * after_post)
+                bound = lowest_mean(floor_run, sender + receiver, args.nodes, cores)
+                allowed = (
+                    f"; this host allows no less than {bound / floor_run:.2f}"
+                    if level >= args.nodes
+                    else ""
+                )
                 print(
                     f"  {row[0]}: total {serial / float(row[1]):.1f}x faster than serial "
                     f"(target >= 10x at 100); mean/floor {float(row[2]) / floor_run:.2f} "
-                    "(target <= 1.5)"
+                    f"(target <= 1.5{allowed})"
                     + (
                         f"; leaf + simulated rack used {cpu:.1f} CPU s, the {cores} cores "
                         f"{busy:.0%} busy after POST"
@@ -273,6 +283,13 @@ def main() -> None:
                         else ""
                     )
                 )
+            print(
+                f"  host bound: one {args.image_mib} MiB image costs {sender * 1000:.0f} ms of "
+                f"CPU to send (sendfile) and {receiver * 1000:.0f} ms to receive and checksum, on "
+                f"the same {cores} cores; started together, {args.nodes} deploys cannot average "
+                f"less than {lowest_mean(floor_run, sender + receiver, args.nodes, cores):.2f} s "
+                f"per node here (the floor {floor_run:.2f} s plus the wait for the cores)"
+            )
 
 
 if __name__ == "__main__":
