@@ -443,7 +443,10 @@ class H2Connection(asyncio.Protocol):
 
     def _fail(self, exc: ProtocolError) -> None:
         log.warning("HTTP/2 peer error, closing the connection: %s", exc)
-        self.goaway(0, exc.code)
         self.closed = True
         if self.transport is not None:
+            # written at once, not held with this round's other writes: nothing follows it
+            held, self._held = b"".join(self._held), []
+            goaway = frame(GOAWAY, 0, 0, struct.pack(">II", 0, exc.code))
+            self.transport.write(held + goaway)
             self.transport.close()

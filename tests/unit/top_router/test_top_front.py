@@ -5,6 +5,7 @@ slow reader, cancellation, a leaf that drops the connection, a request too big t
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -261,3 +262,15 @@ def test_a_cell_gone_down_loses_its_connection_and_gets_a_new_one_when_back(
 
 async def _changed(front: Any, cell: str) -> None:
     front.cell_changed(cell)
+
+
+def test_a_peer_that_breaks_http2_gets_goaway_and_the_top_serves_on(top: Top) -> None:
+    with socket.create_connection(("127.0.0.1", top.server.port), timeout=10) as conn:
+        conn.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" + b"\0" * 16)
+        received = b""
+        while chunk := conn.recv(65536):
+            received += chunk
+    # our SETTINGS first, then GOAWAY (type 7) with PROTOCOL_ERROR
+    assert b"\x00\x00\x08\x07\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x01" in received
+    request = node_service_pb2.GetNodeRequest(name="cells/r1/nodes/a")
+    assert top.stub.GetNode(request, timeout=10).name == request.name
