@@ -24,6 +24,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
+from typing import cast
 
 import hpack
 
@@ -146,8 +147,8 @@ class H2Connection(asyncio.Protocol):
     # -- asyncio.Protocol -------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # a stream transport (uvloop's are not asyncio.Transport subclasses, so no isinstance)
+        self.transport = cast(asyncio.Transport, transport)
         settings = struct.pack(
             ">HIHIHI",
             _ENABLE_PUSH,
@@ -160,7 +161,7 @@ class H2Connection(asyncio.Protocol):
         opening = PREFACE if self.client_side else b""
         opening += frame(SETTINGS, 0, 0, settings)
         opening += frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", CONN_WINDOW - DEFAULT_WINDOW))
-        transport.write(opening)
+        self.transport.write(opening)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
