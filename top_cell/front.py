@@ -287,10 +287,30 @@ class _Call:
 
 
 class _Side(H2Connection):
+    """Either end of the relay: a connection whose streams each belong to one call."""
+
     def __init__(self, front: Front) -> None:
         super().__init__()
         self.front = front
         self.calls: dict[int, _Call] = {}
+
+    def on_data(self, stream: int, data: bytes, flow: int, end: bool) -> None:
+        call = self.calls.get(stream)
+        if call is None:  # the call is over: the bytes only count against the connection
+            self.credit(stream, flow)
+        else:
+            self.deliver(call, data, flow, end)
+
+    def on_reset(self, stream: int, code: int) -> None:
+        call = self.calls.get(stream)
+        if call is not None:
+            self.cancelled(call, code)
+
+    def deliver(self, call: _Call, data: bytes, flow: int, end: bool) -> None:
+        raise NotImplementedError
+
+    def cancelled(self, call: _Call, code: int) -> None:
+        raise NotImplementedError
 
 
 class Downstream(_Side):
@@ -323,17 +343,11 @@ class Downstream(_Side):
         if end:
             call.route()
 
-    def on_data(self, stream: int, data: bytes, flow: int, end: bool) -> None:
-        call = self.calls.get(stream)
-        if call is None:
-            self.credit(stream, flow)
-            return
+    def deliver(self, call: _Call, data: bytes, flow: int, end: bool) -> None:
         call.from_client(data, flow, end)
 
-    def on_reset(self, stream: int, code: int) -> None:
-        call = self.calls.get(stream)
-        if call is not None:
-            call.client_reset()
+    def cancelled(self, call: _Call, code: int) -> None:
+        call.client_reset()
 
     def on_lost(self) -> None:
         self.front.downstreams.discard(self)
@@ -366,17 +380,11 @@ class Upstream(_Side):
         if call is not None:
             call.from_leaf_headers(headers, end)
 
-    def on_data(self, stream: int, data: bytes, flow: int, end: bool) -> None:
-        call = self.calls.get(stream)
-        if call is None:
-            self.credit(stream, flow)
-            return
+    def deliver(self, call: _Call, data: bytes, flow: int, end: bool) -> None:
         call.from_leaf_data(data, flow, end)
 
-    def on_reset(self, stream: int, code: int) -> None:
-        call = self.calls.get(stream)
-        if call is not None:
-            call.leaf_reset(code)
+    def cancelled(self, call: _Call, code: int) -> None:
+        call.leaf_reset(code)
 
     def on_goaway(self, last_stream: int) -> None:
         self.draining = True
