@@ -60,15 +60,8 @@ def _stamp_time(stamp: timestamp_pb2.Timestamp) -> datetime:
 
 def _leaf_value(node: node_pb2.Node, field_name: str) -> Any:
     """A node's value as the real leaf stores and compares it (times as datetimes)."""
-    if field_name == "name":
-        return node.name.rsplit("/", 1)[1]
-    if field_name == "resource_class":
-        return node.resource_class
-    if field_name == "provision_state":
-        return node_pb2.ProvisionState.Name(node.provision_state).removeprefix("PROVISION_STATE_")
-    if field_name == "power_state":
-        return node_pb2.PowerState.Name(node.power_state).removeprefix("POWER_STATE_")
-    return _stamp_time(getattr(node, field_name))
+    value = page_tokens.node_value(node, field_name)
+    return _stamp_time(value) if isinstance(value, timestamp_pb2.Timestamp) else value
 
 
 def _token_values(node: node_pb2.Node, order: OrderBy) -> list[str]:
