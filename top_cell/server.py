@@ -74,12 +74,14 @@ ALLOCATION_SERVICE = allocation_service_pb2.DESCRIPTOR.services_by_name[
 @dataclass
 class TopParts:
     """What the router is served with: the leaves' channels, the uid/MAC index, the other
-    services, and how to stop what they started (called in reverse order)."""
+    services, how to stop what they started (called in reverse order), and where to hear of a
+    cell that changed (so the front drops a connection to where a cell no longer is)."""
 
     cells: CellChannels
     index: AddressIndex | None = None
     services: Sequence[ServiceBinding] = ()
     stoppers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    on_cell_change: Callable[[Callable[[str], None]], None] | None = None
 
 
 @dataclass
@@ -153,6 +155,7 @@ async def assemble(config: TopConfig) -> TopParts:
         index=inventory,
         services=services,
         stoppers=[registry.stop, parts.stop],
+        on_cell_change=directory.on_change,
     )
 
 
@@ -183,19 +186,21 @@ async def start(config: TopConfig, parts: TopParts | None = None) -> TopServer:
     ]
     socket = private_socket()
     front = Front(parts.cells, socket.path)
+    server: grpc.aio.Server | None = None
     try:
         server, _, health_servicer = build_server(socket.address, bindings)
         await server.start()
         port = await front.listen(config.listen)
     except BaseException:
         await front.close(0)
+        if server is not None:
+            await server.stop(0)
         socket.remove()
         for stop in reversed(parts.stoppers):
             await stop()
         raise
-    on_change = getattr(parts.cells, "on_change", None)
-    if on_change is not None:
-        on_change(front.cell_changed)
+    if parts.on_cell_change is not None:
+        parts.on_cell_change(front.cell_changed)
     services = tuple(b.full_name for b in bindings)
     await mark_serving(health_servicer, services)
     if config.port_file:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import tempfile
 import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -274,3 +275,20 @@ def test_a_peer_that_breaks_http2_gets_goaway_and_the_top_serves_on(top: Top) ->
     assert b"\x00\x00\x08\x07\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x01" in received
     request = node_service_pb2.GetNodeRequest(name="cells/r1/nodes/a")
     assert top.stub.GetNode(request, timeout=10).name == request.name
+
+
+def test_a_top_that_cannot_listen_leaves_nothing_behind(leaf_loop: Any, tmp_path: Path) -> None:
+    sockets = Path(tempfile.gettempdir())
+    before = set(sockets.glob("rackcells-top-*"))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        config = TopConfig(
+            listen=f"127.0.0.1:{taken.getsockname()[1]}",
+            db=f"sqlite:///{tmp_path / 'top.db'}",
+            registry="static:unused.yaml",
+            secret_key_file=str(tmp_path / "top.key"),
+        )
+        with pytest.raises(OSError):
+            leaf_loop.run(start(config, TopParts(cells=Directory({}))))  # type: ignore[arg-type]
+    assert set(sockets.glob("rackcells-top-*")) == before
