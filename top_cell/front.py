@@ -74,47 +74,49 @@ def _one_cell(parent: str) -> str | None:
     return None if cell == ALL_CELLS else cell
 
 
+def _parent_cell(request: Any) -> str | None:
+    return _one_cell(request.parent)
+
+
+def _operation_cell(request: Any) -> str:
+    return operation_cell(request.name)
+
+
 def _operations_cell(request: Any) -> str | None:
     return _one_cell(request.name.removesuffix("/operations"))
 
 
-_NODE = f"/{NODE_SERVICE}/"
-_OPS = f"/{OPERATIONS_SERVICE}/"
 # path -> (request type, the one cell the call is for, or None for "not a plain relay")
 _ROUTED: dict[bytes, tuple[type[Message], Callable[[Any], str | None]]] = {
-    f"{_NODE}GetNode".encode(): (node_service_pb2.GetNodeRequest, _node_cell),
-    f"{_NODE}ListNodes".encode(): (
-        node_service_pb2.ListNodesRequest,
-        lambda r: _one_cell(r.parent),
-    ),
-    f"{_NODE}WatchNodes".encode(): (
-        node_service_pb2.WatchNodesRequest,
-        lambda r: _one_cell(r.parent),
-    ),
-    f"{_NODE}DeleteNode".encode(): (node_service_pb2.DeleteNodeRequest, _node_cell),
-    f"{_NODE}SetPowerState".encode(): (node_service_pb2.SetPowerStateRequest, _node_cell),
-    f"{_NODE}SetBootDevice".encode(): (node_service_pb2.SetBootDeviceRequest, _node_cell),
-    f"{_NODE}ChangeProvisionState".encode(): (
-        node_service_pb2.ChangeProvisionStateRequest,
-        _node_cell,
-    ),
-    f"{_OPS}GetOperation".encode(): (
-        operations_pb2.GetOperationRequest,
-        lambda r: operation_cell(r.name),
-    ),
-    f"{_OPS}ListOperations".encode(): (operations_pb2.ListOperationsRequest, _operations_cell),
-    f"{_OPS}WaitOperation".encode(): (
-        operations_pb2.WaitOperationRequest,
-        lambda r: operation_cell(r.name),
-    ),
-    f"{_OPS}CancelOperation".encode(): (
-        operations_pb2.CancelOperationRequest,
-        lambda r: operation_cell(r.name),
-    ),
-    f"{_OPS}DeleteOperation".encode(): (
-        operations_pb2.DeleteOperationRequest,
-        lambda r: operation_cell(r.name),
-    ),
+    f"/{service}/{method}".encode(): route
+    for service, routes in (
+        (
+            NODE_SERVICE,
+            {
+                "GetNode": (node_service_pb2.GetNodeRequest, _node_cell),
+                "ListNodes": (node_service_pb2.ListNodesRequest, _parent_cell),
+                "WatchNodes": (node_service_pb2.WatchNodesRequest, _parent_cell),
+                "DeleteNode": (node_service_pb2.DeleteNodeRequest, _node_cell),
+                "SetPowerState": (node_service_pb2.SetPowerStateRequest, _node_cell),
+                "SetBootDevice": (node_service_pb2.SetBootDeviceRequest, _node_cell),
+                "ChangeProvisionState": (
+                    node_service_pb2.ChangeProvisionStateRequest,
+                    _node_cell,
+                ),
+            },
+        ),
+        (
+            OPERATIONS_SERVICE,
+            {
+                "GetOperation": (operations_pb2.GetOperationRequest, _operation_cell),
+                "ListOperations": (operations_pb2.ListOperationsRequest, _operations_cell),
+                "WaitOperation": (operations_pb2.WaitOperationRequest, _operation_cell),
+                "CancelOperation": (operations_pb2.CancelOperationRequest, _operation_cell),
+                "DeleteOperation": (operations_pb2.DeleteOperationRequest, _operation_cell),
+            },
+        ),
+    )
+    for method, route in routes.items()
 }
 
 
